@@ -1,0 +1,205 @@
+"""The command line: ``python -m retino_core {train,sweep,predict,runs,worker,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import runs
+from .config import ARCHS, AUGMENTS, DEVICES, LOSSES, OPTIMIZERS, PREPROCESS, PRESETS, SAMPLERS, SCHEDULERS, SELECT_METRICS, ConfigError, make_config
+from .data import DataError, ImageError
+from .errors import Interrupted, TrainingFailed
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _add_train_args(p: argparse.ArgumentParser, with_arch: bool = True) -> None:
+    p.add_argument("--data", default="retinamnist",
+                   help="'retinamnist' (bundled), a lab folder with the four CSVs, a labels .csv or an .npz")
+    if with_arch:
+        p.add_argument("--arch", choices=ARCHS, default="resnet18")
+        p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
+    p.add_argument("--weights", help="start from a local state dict or retino checkpoint")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu",
+                   help="lab: the report's recipe; fast: GPU; cpu: RetinaMNIST on a laptop")
+    for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--image-size", int),
+                      ("--weight-decay", float), ("--label-smoothing", float), ("--warmup-epochs", float),
+                      ("--ema", float), ("--val-fraction", float), ("--seed", int), ("--num-workers", int),
+                      ("--max-steps-per-epoch", int)):
+        p.add_argument(flag, type=typ)
+    for flag, choices in (("--optimizer", OPTIMIZERS), ("--scheduler", SCHEDULERS), ("--augment", AUGMENTS),
+                          ("--loss", LOSSES), ("--sampler", SAMPLERS), ("--preprocess", PREPROCESS),
+                          ("--select-metric", SELECT_METRICS), ("--device", DEVICES)):
+        p.add_argument(flag, choices=choices)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--runs-dir", type=Path, help="where run folders go (default artifacts/runs)")
+    p.add_argument("--name", default="", help="a label for the run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m retino_core",
+                                     description="Train and use diabetic-retinopathy graders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model; the last stdout line is its run folder")
+    _add_train_args(p)
+    p.add_argument("--run-dir", type=Path, help="train a prepared run folder (its config.json)")
+    p.add_argument("--resume", metavar="RUN", nargs="?", const="", default=None,
+                   help="continue a run from its last checkpoint (with --run-dir, that one)")
+
+    p = sub.add_parser("sweep", help="the four configurations one after another")
+    _add_train_args(p, with_arch=False)
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--queue", action="store_true", help="queue them for the background worker instead")
+
+    p = sub.add_parser("predict", help="grade images with a trained run")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--run", required=True, help="run folder or run id")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("runs", help="table of runs with state and headline metrics")
+    p.add_argument("--runs-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("worker", help="train queued runs one at a time (started by the app)")
+    p.add_argument("--runs-dir", type=Path)
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace, **fixed):
+    keys = ("data", "weights", "epochs", "batch_size", "lr", "image_size", "weight_decay", "label_smoothing",
+            "warmup_epochs", "ema", "val_fraction", "seed", "num_workers", "max_steps_per_epoch", "optimizer",
+            "scheduler", "augment", "loss", "sampler", "preprocess", "select_metric", "device", "compile",
+            "amp", "gpu_data", "name")
+    values = {k: getattr(args, k, None) for k in keys}
+    for k in ("arch", "pretrained"):
+        if hasattr(args, k):
+            values[k] = getattr(args, k)
+    values.update(fixed)
+    return make_config(args.preset, **values)
+
+
+def _train_one(cfg, args) -> Path:
+    from .data import open_source
+    from .train import prepare_run, run_training
+
+    source = open_source(cfg.data, cfg.val_fraction, cfg.seed)  # bad data fails before a run exists
+    run_dir = prepare_run(cfg, args.runs_dir)
+    print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir}", file=sys.stderr)
+    run_training(run_dir, quiet=args.quiet, source=source)
+    return run_dir
+
+
+def cmd_train(args) -> int:
+    from .train import run_training
+
+    if args.run_dir is not None or args.resume:
+        target = args.run_dir if args.run_dir is not None else runs.resolve_run_dir(args.resume, args.runs_dir)
+        run_dir = runs.resolve_run_dir(target, args.runs_dir)
+        run_training(run_dir, resume=args.resume is not None, quiet=args.quiet)
+    else:
+        run_dir = _train_one(_config_from_args(args), args)
+    print(run_dir)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import launch
+
+    done = []
+    for arch in args.archs:
+        for pretrained in (False, True):
+            cfg = _config_from_args(args, arch=arch, pretrained=pretrained)
+            if args.queue:
+                run_dir, _ = launch.enqueue(cfg.to_dict(), args.runs_dir)
+            else:
+                run_dir = _train_one(cfg, args)
+            done.append(run_dir)
+            print(run_dir)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor.from_run(args.run, args.checkpoint, args.runs_dir)
+    failed = 0
+    for path in args.images:
+        try:
+            pred = predictor.predict_files([path], tta=args.tta)[0]
+        except ImageError as err:
+            failed += 1
+            print(json.dumps({"image": str(path), "error": str(err)}) if args.json else f"error: {err}",
+                  file=sys.stdout if args.json else sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(pred.to_dict()))
+        else:
+            probs = "  ".join(f"{p:.3f}" for p in pred.probabilities)
+            print(f"{path}\tgrade {pred.grade} ({pred.grade_name})\t[{probs}]")
+    return 1 if failed else 0
+
+
+def _fmt(x, digits=4) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and x is not None else "-"
+
+
+def cmd_runs(args) -> int:
+    infos = runs.list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
+                           "test_acc": r.summary.get("test_acc"), "test_qwk": r.summary.get("test_qwk"),
+                           "test_auc": r.summary.get("test_auc")} for r in infos], indent=2))
+        return 0
+    if not infos:
+        print("no runs yet: python -m retino_core train --data retinamnist")
+        return 0
+    header = f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'test_qwk':>8} {'test_auc':>8}"
+    print(header)
+    for r in infos:
+        prog = r.status.get("progress") or {}
+        epoch = f"{prog.get('epoch', 0):.0f}/{r.config.get('epochs', '?')}" if prog else f"-/{r.config.get('epochs', '?')}"
+        print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {_fmt(r.summary.get('test_acc')):>8} "
+              f"{_fmt(r.summary.get('test_qwk')):>8} {_fmt(r.summary.get('test_auc')):>8}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from . import launch
+
+    launch.worker(args.runs_dir)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "runs": cmd_runs,
+            "worker": cmd_worker}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from .models import WeightsError
+    from .predict import CheckpointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ConfigError, ImageError, WeightsError, CheckpointError, runs.RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Interrupted) as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""Data sources -> splits of (image, grade); validation that names every problem.
+
+Sources:
+- ``retinamnist``: MedMNIST v2 RetinaMNIST, bundled (official train/val/test split).
+- a lab folder: four headerless CSVs (``train_img.csv``, ``train_label.csv``, ``test_img.csv``,
+  ``test_label.csv``) and images ``<name>.jpeg|.jpg|.png`` in the folder, ``data/`` or
+  ``images/``. Validation is carved from train, both eyes of a patient on the same side.
+- a generic CSV: an image column and a grade column (Kaggle ``image,level``, APTOS
+  ``id_code,diagnosis``) plus an image folder; train/val/test are carved from it.
+
+This module imports no torch: the app reads counts and sample images without it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .config import GRADE_NAMES, NUM_CLASSES
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+RETINAMNIST_NPZ = ASSETS / "retinamnist.npz"
+SAMPLE_IMAGE = ASSETS / "retina_normal_cc0.jpg"
+LAB_FILES = ("train_img.csv", "train_label.csv", "test_img.csv", "test_label.csv")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGE_SUBDIRS = (".", "data", "images")
+IMAGE_COLUMNS = ("image", "id_code", "filename", "file", "path", "name", "img")
+GRADE_COLUMNS = ("level", "diagnosis", "grade", "label", "dr_grade")
+ALLOWED_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO", "GIF"}
+# Pillow's own bomb check is 2x89M pixels; a fundus photo is rarely over 20M.
+MAX_IMAGE_PIXELS = 64_000_000
+MIN_IMAGE_SIDE = 16
+SHOW_FIRST = 5
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given; the message says what and where."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be decoded into an RGB fundus photograph."""
+
+
+# ---------------------------------------------------------------- images
+
+
+def _describe(source: str | os.PathLike | bytes, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (bytes, bytearray)):
+        return "uploaded image"
+    return str(source)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; alpha is composited on black (the fundus background)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) if arr.size else 0.0
+        if img.mode == "F":
+            scale = 255.0 / hi if hi > 0 else 1.0
+        else:  # 16-bit: keep 8-bit data as it is, scale the full 16-bit range down
+            scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        arr8 = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or bytes into an RGB image, or raise ImageError saying why.
+
+    Refuses empty, truncated and non-image files, formats other than ALLOWED_FORMATS,
+    decompression bombs (over MAX_IMAGE_PIXELS) and images under MIN_IMAGE_SIDE pixels.
+    """
+    label = _describe(source, name)
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{label}: file not found") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a folder, not an image file") from None
+        except OSError as err:
+            raise ImageError(f"{label}: cannot be read ({err.strerror or err})") from None
+    if not data:
+        raise ImageError(f"{label}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageError(
+                    f"{label}: {fmt} images are not supported; "
+                    "use JPEG or PNG (TIFF, BMP and WebP are converted too)"
+                )
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{label}: {w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                    "(a decompression bomb or a needlessly huge image); resize it first"
+                )
+            if min(w, h) < MIN_IMAGE_SIDE:
+                raise ImageError(
+                    f"{label}: {w}x{h} pixels is too small; a fundus photograph needs at least "
+                    f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+                )
+            img.load()
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{label}: not a recognised image file (expected JPEG or PNG)"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{label}: refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError(f"{label}: broken or truncated image ({err})") from None
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """One split: grades plus either in-memory uint8 images (N,H,W,3) or image paths."""
+
+    labels: np.ndarray
+    names: list[str]
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=NUM_CLASSES).tolist()
+
+    def image(self, i: int) -> Image.Image:
+        """The i-th image as RGB, decoded with the same checks as an upload."""
+        if self.images is not None:
+            return Image.fromarray(self.images[i])
+        assert self.paths is not None
+        return load_image(self.paths[i])
+
+    def subset(self, idx: Sequence[int]) -> "Split":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(
+            labels=self.labels[idx],
+            names=[self.names[i] for i in idx],
+            images=None if self.images is None else self.images[idx],
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+        )
+
+
+@dataclass
+class DataSource:
+    """A dataset opened and validated: its splits and where they came from."""
+
+    name: str
+    kind: str  # "retinamnist" | "lab" | "csv"
+    splits: dict[str, Split]
+    val_carved: bool = False
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_val(self) -> bool:
+        return "val" in self.splits and len(self.splits["val"]) > 0
+
+    def counts(self) -> dict[str, list[int]]:
+        return {k: s.counts() for k, s in self.splits.items()}
+
+    def majority_share(self, split: str = "test") -> float:
+        """Accuracy of always predicting the commonest training grade, on ``split``."""
+        major = int(np.argmax(self.splits["train"].counts()))
+        labels = self.splits[split].labels
+        return float(np.mean(labels == major)) if len(labels) else 0.0
+
+
+class SplitDataset:
+    """Map-style dataset over a Split: (transform(image), grade). DataLoader-ready."""
+
+    def __init__(self, split: Split, transform: Callable | None = None):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        img = self.split.image(i)
+        return (self.transform(img) if self.transform else img), int(self.split.labels[i])
+
+
+# ---------------------------------------------------------------- RetinaMNIST
+
+
+def load_retinamnist(path: str | os.PathLike | None = None) -> DataSource:
+    """RetinaMNIST from an npz in MedMNIST's layout (the bundled copy by default)."""
+    path = Path(path) if path else RETINAMNIST_NPZ
+    if not path.exists():
+        raise DataError(f"RetinaMNIST file {path} not found")
+    try:
+        npz = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not a readable npz file ({err})") from None
+    splits = {}
+    with npz:
+        for split in ("train", "val", "test"):
+            key_x, key_y = f"{split}_images", f"{split}_labels"
+            if key_x not in npz or key_y not in npz:
+                raise DataError(f"{path} lacks {key_x} / {key_y}: not MedMNIST's layout")
+            images = npz[key_x]
+            labels = npz[key_y].reshape(-1).astype(np.int64)
+            if images.ndim == 3:
+                images = np.repeat(images[..., None], 3, axis=-1)
+            _check_grades(labels, f"{path.name}:{key_y}")
+            names = [f"{split}_{i:04d}" for i in range(len(labels))]
+            splits[split] = Split(labels=labels, names=names, images=images.astype(np.uint8))
+    return DataSource(name="RetinaMNIST", kind="retinamnist", splits=splits, root=path)
+
+
+# ---------------------------------------------------------------- headerless CSV columns
+
+
+def read_column(path: Path) -> list[str]:
+    """One value per line, every line a row (no header), tolerant of BOM, CRLF, trailing blanks."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}): is it really a CSV?") from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line]
+    if blank:
+        raise DataError(
+            f"{path.name}: blank line(s) at {_first(blank)} inside the file; "
+            "each line must hold one value"
+        )
+    multi = [i + 1 for i, line in enumerate(lines) if "," in line]
+    if multi:
+        raise DataError(
+            f"{path.name}: line(s) {_first(multi)} hold more than one value; the lab CSVs are "
+            "headerless with one value per line (for a CSV with columns pass the file itself)"
+        )
+    if not lines:
+        raise DataError(f"{path.name} is empty")
+    return lines
+
+
+def parse_grades(values: Sequence[object], where: str) -> np.ndarray:
+    """Grades as int64 0..4; every bad value is reported with its row number."""
+    out = np.empty(len(values), dtype=np.int64)
+    bad: list[str] = []
+    for i, v in enumerate(values):
+        s = str(v).strip()
+        if re.fullmatch(r"[+-]?\d+", s) and 0 <= int(s) < NUM_CLASSES:
+            out[i] = int(s)
+        else:
+            bad.append(f"row {i + 1}: {s[:20]!r}")
+    if bad:
+        raise DataError(
+            f"{where}: {len(bad)} label(s) are not grades 0-{NUM_CLASSES - 1} "
+            f"(integers): {_first(bad)}"
+        )
+    return out
+
+
+def _check_grades(labels: np.ndarray, where: str) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if len(bad):
+        raise DataError(f"{where}: grades outside 0-4 at rows {_first((bad + 1).tolist())}")
+
+
+def _first(items: Sequence[object], n: int = SHOW_FIRST) -> str:
+    shown = ", ".join(str(x) for x in items[:n])
+    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _check_unique(names: Sequence[str], where: str) -> None:
+    seen: set[str] = set()
+    dups = []
+    for n in names:
+        if n in seen:
+            dups.append(n)
+        seen.add(n)
+    if dups:
+        raise DataError(f"{where}: {len(dups)} image name(s) listed twice: {_first(dups)}")
+
+
+def index_images(root: Path, subdirs: Sequence[str] = IMAGE_SUBDIRS) -> dict[str, Path]:
+    """Map image name (file stem) -> path over root and its image subfolders, one scan each."""
+    index: dict[str, Path] = {}
+    rank = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
+    for sub in subdirs:
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            for entry in it:
+                stem, suffix = os.path.splitext(entry.name)
+                suffix = suffix.lower()
+                if suffix not in rank or not entry.is_file():
+                    continue
+                old = index.get(stem)
+                if old is None or rank[suffix] < rank[old.suffix.lower()]:
+                    index[stem] = Path(entry.path)
+    return index
+
+
+def _resolve_images(names: Sequence[str], index: dict[str, Path], where: str, root: Path) -> list[Path]:
+    paths, missing = [], []
+    for n in names:
+        p = index.get(n) or index.get(os.path.splitext(n)[0])
+        if p is None:
+            missing.append(n)
+        else:
+            paths.append(p)
+    if missing:
+        raise DataError(
+            f"{len(missing):,} of {len(names):,} images listed in {where} were not found in "
+            f"{root} (looked for <name>.jpeg/.jpg/.png in {', '.join(IMAGE_SUBDIRS)}): "
+            f"{_first(missing)}"
+        )
+    return paths
+
+
+def patient_of(name: str) -> str:
+    """``10_left`` / ``10_right`` -> ``10``: both eyes of a patient share a group."""
+    m = re.match(r"^(.+?)[_-](left|right|l|r|od|os)$", Path(name).stem, re.IGNORECASE)
+    return m.group(1) if m else Path(name).stem
+
+
+def carve_split(labels: np.ndarray, names: Sequence[str], fraction: float, seed: int):
+    """Stratified, patient-grouped split -> (keep_idx, carved_idx) with ~fraction carved."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = np.array([patient_of(n) for n in names])
+    n_groups = len(set(groups.tolist()))
+    n_splits = min(max(2, round(1 / fraction)), n_groups)
+    if n_splits < 2:
+        raise DataError(f"cannot carve a validation split from {len(labels)} image(s) of one patient")
+    with warnings.catch_warnings():
+        # sklearn warns when a grade has fewer members than folds; the split is still valid.
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        keep, carved = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(keep), np.sort(carved)
+
+
+# ---------------------------------------------------------------- lab layout
+
+
+def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> DataSource:
+    """The lab's four headerless CSVs and their images; validation carved from train."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    missing = [f for f in LAB_FILES if not (root / f).is_file()]
+    if missing:
+        raise DataError(
+            f"{root} lacks {', '.join(missing)}: a lab dataset folder holds "
+            f"{', '.join(LAB_FILES)} and the images"
+        )
+    index = index_images(root)
+    splits: dict[str, Split] = {}
+    for split in ("train", "test"):
+        names = read_column(root / f"{split}_img.csv")
+        raw_labels = read_column(root / f"{split}_label.csv")
+        if len(names) != len(raw_labels):
+            raise DataError(
+                f"{split}_img.csv has {len(names):,} rows but {split}_label.csv has "
+                f"{len(raw_labels):,}: they must list the same images in the same order"
+            )
+        labels = parse_grades(raw_labels, f"{split}_label.csv")
+        _check_unique(names, f"{split}_img.csv")
+        paths = _resolve_images(names, index, f"{split}_img.csv", root)
+        splits[split] = Split(labels=labels, names=list(names), paths=paths)
+    notes = []
+    leaked = {patient_of(n) for n in splits["train"].names} & {patient_of(n) for n in splits["test"].names}
+    if leaked:
+        notes.append(
+            f"{len(leaked):,} patients have one eye in train and the other in test "
+            "(the lab's split); test accuracy may be optimistic"
+        )
+    src = DataSource(name=f"lab folder {root.name}", kind="lab", splits=splits, root=root, notes=notes)
+    return _with_val(src, val_fraction, seed)
+
+
+def _with_val(src: DataSource, val_fraction: float, seed: int) -> DataSource:
+    if val_fraction <= 0:
+        return src
+    train = src.splits["train"]
+    keep, carved = carve_split(train.labels, train.names, val_fraction, seed)
+    src.splits = {"train": train.subset(keep), "val": train.subset(carved), "test": src.splits["test"]}
+    src.val_carved = True
+    return src
+
+
+# ---------------------------------------------------------------- generic CSV
+
+
+def _pick_column(columns: Sequence[str], wanted: Sequence[str], what: str, path: Path) -> str:
+    lower = {c.strip().lower(): c for c in columns}
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    raise DataError(
+        f"{path.name} has no {what} column; found {list(columns)}, expected one of: {', '.join(wanted)}"
+    )
+
+
+def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> DataSource:
+    """A labels CSV with a header (image + grade columns) and its image folder."""
+    import pandas as pd
+
+    path = Path(path).expanduser().resolve()
+    try:
+        df = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"cannot read {path} as a CSV: {err}") from None
+    img_col = _pick_column(df.columns, IMAGE_COLUMNS, "image", path)
+    grade_col = _pick_column(df.columns, GRADE_COLUMNS, "grade", path)
+    names = [str(n).strip() for n in df[img_col].tolist()]
+    labels = parse_grades(df[grade_col].fillna("").tolist(), f"{path.name}:{grade_col}")
+    _check_unique(names, path.name)
+    if image_dir is None:
+        candidates = [path.parent / d for d in ("train_images", "train", "images", "data", ".")]
+        image_dir = next((c for c in candidates if c.is_dir() and any(
+            e.suffix.lower() in IMAGE_SUFFIXES for e in c.iterdir())), path.parent)
+    image_dir = Path(image_dir).resolve()
+    index = index_images(image_dir, (".",))
+    paths = _resolve_images(names, index, path.name, image_dir)
+    full = Split(labels=labels, names=names, paths=paths)
+    rest, test = carve_split(labels, names, test_fraction, seed)
+    src = DataSource(
+        name=f"CSV {path.name}", kind="csv", root=path,
+        splits={"train": full.subset(rest), "test": full.subset(test)},
+        notes=[f"test split carved from {path.name} ({len(test)} images, patients kept together)"],
+    )
+    return _with_val(src, val_fraction, seed)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def open_source(spec: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> DataSource:
+    """``retinamnist``, an ``.npz``, a lab folder or a labels ``.csv`` -> validated DataSource."""
+    text = str(spec).strip()
+    if text.lower() in ("retinamnist", ""):
+        return load_retinamnist()
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".npz":
+        return load_retinamnist(path)
+    if path.is_dir():
+        return load_lab_folder(path, val_fraction, seed)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return load_csv(path, val_fraction=val_fraction, seed=seed)
+    raise DataError(
+        f"data {text!r} is neither 'retinamnist', an .npz file, a lab folder "
+        "(with train_img.csv, train_label.csv, test_img.csv, test_label.csv) nor a labels .csv"
+    )
+
+
+def grade_name(grade: int) -> str:
+    return GRADE_NAMES[int(grade)]

@@ -1,0 +1,314 @@
+"""The run folder: the only module that knows the ``artifacts/runs/<run_id>/`` layout.
+
+A run folder is the whole truth about a training run. The trainer writes it, the app and the
+CLI read it. This module imports no torch, so pages that list runs load fast.
+
+Layout::
+
+    <runs_dir>/<run_id>/
+        config.json      resolved TrainConfig as a plain dict
+        status.json      {"state", "pid", "heartbeat", "error", ...}
+        metrics.jsonl    append-only rows: {"kind": "step" | "epoch", ...}
+        summary.json     final test metrics of the checkpoint chosen on validation
+        checkpoints/best.pt, checkpoints/last.pt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STATES = ("queued", "running", "done", "failed", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+# A running trainer refreshes its heartbeat every few seconds; one silent this long is gone.
+HEARTBEAT_TIMEOUT_S = 60.0
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunError(ValueError):
+    """A run id, name or folder that cannot be used."""
+
+
+def default_runs_dir() -> Path:
+    """``$RETINO_RUNS_DIR`` or ``artifacts/runs`` in the project."""
+    env = os.environ.get("RETINO_RUNS_DIR")
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "artifacts" / "runs"
+
+
+def slugify(name: str) -> str:
+    """Turn a free-form run name into a safe folder-name fragment (may be empty)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-._")
+    return slug[:60]
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a plain folder name, else raise RunError naming it."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise RunError(
+            f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only "
+            "(no path separators, no '..')"
+        )
+    return run_id
+
+
+def run_path(run_id: str, runs_dir: Path | None = None) -> Path:
+    """The folder of ``run_id`` inside ``runs_dir``; never a path outside it."""
+    base = Path(runs_dir or default_runs_dir()).resolve()
+    path = (base / check_run_id(run_id)).resolve()
+    if path.parent != base:
+        raise RunError(f"run id {run_id!r} escapes the runs folder {base}")
+    return path
+
+
+def resolve_run_dir(ref: str | os.PathLike, runs_dir: Path | None = None) -> Path:
+    """A run given as a folder path or as a run id in ``runs_dir``; it must exist."""
+    candidate = Path(ref)
+    if candidate.is_dir() and (candidate / "config.json").exists():
+        return candidate.resolve()
+    path = run_path(str(ref), runs_dir)
+    if not (path / "config.json").exists():
+        raise RunError(f"no run {str(ref)!r}: {path} has no config.json")
+    return path
+
+
+def create_run_dir(name: str = "", runs_dir: Path | None = None) -> Path:
+    """Make a new, uniquely named run folder (``<UTC time>-<name>[-n]``) atomically."""
+    base = Path(runs_dir or default_runs_dir())
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = slugify(name)
+    stem = f"{stamp}-{slug}" if slug else stamp
+    for n in range(1000):
+        run_id = stem if n == 0 else f"{stem}-{n}"
+        path = base / run_id
+        try:
+            path.mkdir()  # atomic: two processes never get the same id
+        except FileExistsError:
+            continue
+        (path / "checkpoints").mkdir()
+        return path
+    raise RunError(f"could not find a free run id for {stem!r} in {base}")
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: readers never see half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file; ``default`` when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+        return default
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append rows as JSON lines; one ``write`` call so a line is never split by a reader."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if not text:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All complete rows of a JSONL file; a partial or corrupt line is skipped."""
+    try:
+        raw = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in raw.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line still being written by the trainer
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- status
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with this pid exists (and is not a zombie)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def write_status(run_dir: Path, state: str, **fields: Any) -> dict:
+    """Replace status.json with ``state`` plus fields, keeping earlier keys not overridden."""
+    if state not in STATES:
+        raise RunError(f"unknown state {state!r}; choose one of: {', '.join(STATES)}")
+    path = Path(run_dir) / "status.json"
+    status = read_json(path, {}) or {}
+    status.update(fields)
+    status["state"] = state
+    status["updated"] = now_iso()
+    status["updated_ts"] = time.time()
+    write_json(path, status)
+    return status
+
+
+def read_status(run_dir: Path) -> dict:
+    """status.json with the state corrected for dead trainers.
+
+    A run that says ``running`` but whose pid is gone, or whose heartbeat is older than
+    HEARTBEAT_TIMEOUT_S, was killed: it reads as ``interrupted`` with ``stale: True``.
+    """
+    status = dict(read_json(Path(run_dir) / "status.json", {}) or {})
+    status.setdefault("state", "queued" if (Path(run_dir) / "config.json").exists() else "failed")
+    if status["state"] == "running":
+        beat = float(status.get("heartbeat_ts") or status.get("updated_ts") or 0)
+        same_host = status.get("host") in (None, os.uname().nodename)
+        dead = same_host and not pid_alive(status.get("pid"))
+        if dead or time.time() - beat > HEARTBEAT_TIMEOUT_S:
+            status["state"] = "interrupted"
+            status["stale"] = True
+            status.setdefault("error", "the trainer stopped without saying why (killed?)")
+    return status
+
+
+# ---------------------------------------------------------------- listing
+
+
+@dataclass
+class RunInfo:
+    """What a list of runs needs to show about one run, read without torch."""
+
+    run_id: str
+    path: Path
+    config: dict
+    status: dict
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "queued")
+
+    @property
+    def arch(self) -> str:
+        return self.config.get("arch", "?")
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.config.get("pretrained"))
+
+    @property
+    def configuration(self) -> str:
+        """One of the four lab configurations, e.g. ``resnet18 / pretrained``."""
+        return f"{self.arch} / {'pretrained' if self.pretrained else 'scratch'}"
+
+    @property
+    def created(self) -> str:
+        return self.status.get("created") or self.config.get("created") or ""
+
+
+def load_run(run_dir: Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    return RunInfo(
+        run_id=run_dir.name,
+        path=run_dir,
+        config=read_json(run_dir / "config.json", {}) or {},
+        status=read_status(run_dir),
+        summary=read_json(run_dir / "summary.json", {}) or {},
+    )
+
+
+def list_runs(runs_dir: Path | None = None) -> list[RunInfo]:
+    """All run folders, newest first."""
+    base = Path(runs_dir or default_runs_dir())
+    if not base.is_dir():
+        return []
+    runs = [load_run(p) for p in base.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    runs.sort(key=lambda r: (r.created, r.run_id), reverse=True)
+    return runs
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def epoch_rows(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+
+
+def step_rows(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
+
+
+def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
+    if which not in ("best", "last"):
+        raise RunError(f"unknown checkpoint {which!r}; choose one of: best, last")
+    return Path(run_dir) / "checkpoints" / f"{which}.pt"
+
+
+def latest_by_configuration(runs: list[RunInfo], done_only: bool = False) -> dict[str, RunInfo]:
+    """The newest run of each of the four configurations (``arch / pretrained|scratch``)."""
+    best: dict[str, RunInfo] = {}
+    for run in runs:  # newest first
+        if done_only and run.state != "done":
+            continue
+        best.setdefault(run.configuration, run)
+    return best
+
+
+def delete_run(run_id: str, runs_dir: Path | None = None) -> None:
+    """Remove a run folder; refuses one whose trainer is still alive."""
+    path = run_path(run_id, runs_dir)
+    if not path.is_dir():
+        raise RunError(f"no run {run_id!r} in {path.parent}")
+    status = read_status(path)
+    if status["state"] == "running":
+        raise RunError(f"run {run_id!r} is still running (pid {status.get('pid')}); stop it first")
+    shutil.rmtree(path)
