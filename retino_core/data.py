@@ -38,6 +38,10 @@ ALLOWED_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO", "GIF"}
 # Pillow's own bomb check is 2x89M pixels; a fundus photo is rarely over 20M.
 MAX_IMAGE_PIXELS = 64_000_000
 MIN_IMAGE_SIDE = 16
+# Uploads over this are refused in code; .streamlit/config.toml caps the upload widget too
+# (server.maxUploadSize, in MB), and the Classify page should pass bytes to load_image.
+MAX_UPLOAD_MB = 20  # the same as server.maxUploadSize in .streamlit/config.toml
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 SHOW_FIRST = 5
 
 
@@ -82,11 +86,17 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
     """Decode a file path or bytes into an RGB image, or raise ImageError saying why.
 
     Refuses empty, truncated and non-image files, formats other than ALLOWED_FORMATS,
-    decompression bombs (over MAX_IMAGE_PIXELS) and images under MIN_IMAGE_SIDE pixels.
+    decompression bombs (over MAX_IMAGE_PIXELS), images under MIN_IMAGE_SIDE pixels and
+    uploaded bytes over MAX_UPLOAD_BYTES.
     """
     label = _describe(source, name)
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ImageError(
+                f"{label}: {len(data) / 2**20:.1f} MB is over the upload limit of "
+                f"{MAX_UPLOAD_MB} MB; a fundus photograph is rarely over 10 MB"
+            )
     else:
         try:
             data = Path(source).read_bytes()
@@ -98,10 +108,51 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
             raise ImageError(f"{label}: cannot be read ({err.strerror or err})") from None
     if not data:
         raise ImageError(f"{label}: the file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), label)
+
+
+def check_image(path: str | os.PathLike, deep: bool = False) -> None:
+    """Raise ImageError if ``path`` is not a usable image.
+
+    The quick check reads only the header (format, size, bombs), which is what a scan of
+    tens of thousands of files can afford; ``deep`` decodes every pixel (finds truncation).
+    """
+    if deep:
+        load_image(path)
+        return
+    label = str(path)
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageError(f"{label}: the file is empty (0 bytes)")
+            _decode(fh, label, load=False)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{label}: file not found") from None
+    except OSError as err:
+        raise ImageError(f"{label}: cannot be read ({err.strerror or err})") from None
+
+
+def check_images(paths: Sequence[str | os.PathLike], where: str, deep: bool = False) -> None:
+    """Check every image in ``paths``; one DataError names the bad ones (first few + count)."""
+    bad = []
+    for p in paths:
+        try:
+            check_image(p, deep)
+        except ImageError as err:
+            bad.append(str(err))
+    if bad:
+        raise DataError(
+            f"{len(bad):,} of {len(paths):,} images in {where} cannot be used: {_first(bad)}"
+        )
+
+
+def _decode(fh, label: str, load: bool = True) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(fh)
             fmt = img.format or "unknown"
             if fmt not in ALLOWED_FORMATS:
                 raise ImageError(
@@ -119,11 +170,18 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
                     f"{label}: {w}x{h} pixels is too small; a fundus photograph needs at least "
                     f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
                 )
+            if not load:
+                return img
             img.load()
             return _to_rgb(img)
     except ImageError:
         raise
     except UnidentifiedImageError:
+        fh.seek(4)
+        if fh.read(8)[:4] == b"ftyp":  # ISO-BMFF: HEIC/HEIF/AVIF, as phones save photos
+            raise ImageError(
+                f"{label}: HEIC/HEIF/AVIF photos are not supported; export or convert it to JPEG"
+            ) from None
         raise ImageError(
             f"{label}: not a recognised image file (expected JPEG or PNG)"
         ) from None
@@ -275,7 +333,8 @@ def parse_grades(values: Sequence[object], where: str) -> np.ndarray:
     bad: list[str] = []
     for i, v in enumerate(values):
         s = str(v).strip()
-        if re.fullmatch(r"[+-]?\d+", s) and 0 <= int(s) < NUM_CLASSES:
+        # ASCII digits only, and few of them: int() of a 5000-digit string raises ValueError.
+        if re.fullmatch(r"[+-]?[0-9]{1,9}", s) and 0 <= int(s) < NUM_CLASSES:
             out[i] = int(s)
         else:
             bad.append(f"row {i + 1}: {s[:20]!r}")
@@ -358,7 +417,9 @@ def carve_split(labels: np.ndarray, names: Sequence[str], fraction: float, seed:
 
     groups = np.array([patient_of(n) for n in names])
     n_groups = len(set(groups.tolist()))
-    n_splits = min(max(2, round(1 / fraction)), n_groups)
+    # sklearn needs some grade with at least n_splits members; tiny datasets get coarser folds.
+    largest_grade = int(np.bincount(labels).max()) if len(labels) else 0
+    n_splits = min(max(2, round(1 / fraction)), n_groups, largest_grade)
     if n_splits < 2:
         raise DataError(f"cannot carve a validation split from {len(labels)} image(s) of one patient")
     with warnings.catch_warnings():

@@ -126,7 +126,8 @@ def worker(runs_dir: Path | None = None, poll: bool = False) -> int:
             started += 1
             code = proc.wait()
             status = runs.read_json(run.path / "status.json", {}) or {}
-            if status.get("state") in runs.ACTIVE_STATES:
+            # Only this trainer's own record counts: the run may already be queued again (resume).
+            if status.get("state") in runs.ACTIVE_STATES and status.get("pid") == proc.pid:
                 # The trainer died before it could say so (killed, crashed at import, ...).
                 state = "interrupted" if code in (-signal.SIGKILL, -signal.SIGTERM) else "failed"
                 runs.write_status(run.path, state, pid=None,

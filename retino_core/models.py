@@ -97,9 +97,11 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike) -> None:
     head = {k for k in state if k.startswith("fc.") and k in own and state[k].shape != own[k].shape}
     for k in head:  # an ImageNet (1000-class) head does not fit 5 grades
         del state[k]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
-    if wrong:
+    wrong = [k for k in own if not k.startswith("fc.") and (k not in state or state[k].shape != own[k].shape)]
+    wrong += [k for k in state if k not in own]
+    if not wrong:
+        model.load_state_dict(state, strict=False)
+    else:
         raise WeightsError(
             f"{path} does not fit this architecture: {len(wrong)} mismatched keys, e.g. {wrong[:3]}"
         )

@@ -1,0 +1,85 @@
+"""The CLI in-process: train, sweep, predict, runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import models as tvm
+
+from retino_core import runs
+from retino_core.__main__ import main
+from retino_core.data import SAMPLE_IMAGE
+from retino_core.models import weights_cache_file
+
+TINY_ARGS = ["--image-size", "32", "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--quiet"]
+
+
+def test_train_prints_the_run_folder_last(tiny_npz, runs_dir, capsys):
+    assert main(["train", "--data", str(tiny_npz), "--arch", "resnet18", "--name", "cli", *TINY_ARGS]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    run_dir = Path(last)
+    assert run_dir.parent == runs_dir and run_dir.name.endswith("-cli")
+    assert json.loads((run_dir / "summary.json").read_text())["test_acc"] is not None
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["image_size"] == 32 and config["preset"] == "cpu" and config["data"] == str(tiny_npz)
+
+
+def test_train_with_bad_data_makes_no_run(tmp_path, runs_dir, capsys):
+    assert main(["train", "--data", str(tmp_path), *TINY_ARGS]) == 2
+    assert "lacks train_img.csv" in capsys.readouterr().err
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_lab_folder_trains(lab_folder, runs_dir, capsys):
+    assert main(["train", "--data", str(lab_folder), "--val-fraction", "0.2", *TINY_ARGS]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["selected_on"] == "val" and summary["test_n"] == 12
+
+
+def _fake_imagenet_cache(torch_home: Path) -> None:
+    for arch, builder in (("resnet18", tvm.resnet18), ("resnet50", tvm.resnet50)):
+        target = weights_cache_file(arch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(builder(num_classes=1000).state_dict(), target)
+
+
+def test_sweep_trains_the_four_configurations(tiny_npz, runs_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _fake_imagenet_cache(tmp_path / "torch")
+    assert main(["sweep", "--data", str(tiny_npz), "--image-size", "32", "--batch-size", "8",
+                 "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
+    infos = runs.list_runs(runs_dir)
+    assert sorted(r.configuration for r in infos) == [
+        "resnet18 / pretrained", "resnet18 / scratch", "resnet50 / pretrained", "resnet50 / scratch"]
+    assert all(r.state == "done" for r in infos)
+    assert main(["runs"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("done") == 4 and "resnet50 / pretrained" in table
+
+
+def test_predict_text_and_json(finished_run, capsys, tmp_path):
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run)]) == 0
+    assert "grade" in capsys.readouterr().out
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run), "--json", "--tta"]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["grade_name"] in out["probabilities"]
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert main(["predict", str(bad), "--run", str(finished_run)]) == 1
+    assert "not a recognised image" in capsys.readouterr().err
+
+
+def test_predict_unknown_run(capsys, runs_dir):
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", "no-such-run"]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+def test_bad_choices_name_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "resnet34"])
+    assert "resnet18" in capsys.readouterr().err

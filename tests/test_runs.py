@@ -1,0 +1,68 @@
+"""The run-folder contract, read without torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from retino_core import runs
+
+
+def test_reading_runs_does_not_import_torch(finished_run):
+    code = ("import sys; from retino_core import runs, launch, config, data, metrics;"
+            f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state;"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_ids_are_unique_and_safe(tmp_path):
+    ids = {runs.create_run_dir("same", tmp_path).name for _ in range(5)}
+    assert len(ids) == 5
+    assert runs.create_run_dir("../../etc/passwd; rm -rf /", tmp_path).parent == tmp_path
+    for bad in ("../x", "a/b", "..", "", "a b", "$(id)", "x;y"):
+        with pytest.raises(runs.RunError):
+            runs.run_path(bad, tmp_path)
+
+
+def test_jsonl_reader_skips_a_partial_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    runs.append_jsonl(path, [{"kind": "step", "a": 1}, {"kind": "epoch", "b": 2}])
+    with open(path, "a") as fh:
+        fh.write('{"kind": "step", "a": ')
+    assert runs.read_jsonl(path) == [{"kind": "step", "a": 1}, {"kind": "epoch", "b": 2}]
+
+
+def test_atomic_json_leaves_no_temp_files(tmp_path):
+    runs.write_json(tmp_path / "s.json", {"x": 1})
+    runs.write_json(tmp_path / "s.json", {"x": 2})
+    assert runs.read_json(tmp_path / "s.json") == {"x": 2}
+    assert os.listdir(tmp_path) == ["s.json"]
+
+
+def test_dead_or_silent_trainer_reads_as_interrupted(tmp_path):
+    run = runs.create_run_dir("r", tmp_path)
+    runs.write_json(run / "config.json", {"arch": "resnet18"})
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    runs.write_status(run, "running", pid=proc.pid, heartbeat_ts=time.time())
+    assert runs.read_status(run)["state"] == "interrupted"
+    runs.write_status(run, "running", pid=os.getpid(), heartbeat_ts=time.time() - 3600)
+    assert runs.read_status(run)["state"] == "interrupted"
+    runs.write_status(run, "running", pid=os.getpid(), heartbeat_ts=time.time())
+    assert runs.read_status(run)["state"] == "running"
+    with pytest.raises(runs.RunError, match="still running"):
+        runs.delete_run(run.name, tmp_path)
+
+
+def test_latest_by_configuration_and_delete(finished_run):
+    base = finished_run.parent
+    infos = runs.list_runs(base)
+    latest = runs.latest_by_configuration(infos, done_only=True)
+    assert latest["resnet18 / scratch"].path == finished_run
+    assert runs.checkpoint_path(finished_run).exists()
+    with pytest.raises(runs.RunError):
+        runs.checkpoint_path(finished_run, "../x")
