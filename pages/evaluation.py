@@ -1,0 +1,123 @@
+"""Evaluation: referable-DR operating points, calibration and test-time augmentation of a run."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from retino_core import evaluation, metrics, runs, viz
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/evaluation.py"
+    st.switch_page("streamlit_app.py")
+
+
+@st.cache_data(show_spinner="Grading the validation and test images with flips…", max_entries=8)
+def tta_metrics(run_dir: str, mtime: float) -> pd.DataFrame:  # noqa: ARG001 - mtime keys the cache
+    """Metrics without and with flip TTA on validation and test, from the best checkpoint."""
+    from retino_core.data import open_source
+    from retino_core.predict import Predictor
+
+    run = runs.load_run(run_dir)
+    predictor = Predictor.from_run(run_dir)
+    source = open_source(run.config.get("data", "retinamnist"), run.config.get("val_fraction", 0.1),
+                         run.config.get("seed", 0))
+    rows = []
+    for split in ("val", "test"):
+        if split not in source.splits:
+            continue
+        part = source.splits[split]
+        images = [part.image(i) for i in range(len(part))]
+        for tta in (False, True):
+            probs = np.concatenate([predictor.probabilities(images[i:i + 128], tta=tta)
+                                    for i in range(0, len(images), 128)])
+            m = metrics.classification_metrics(part.labels, probs)
+            rows.append({"split": split, "TTA": "flips" if tta else "none", "accuracy": m["acc"],
+                         "QWK": m["qwk"], "macro AUC": m["auc"], "referable AUC": m["referable_auc"],
+                         "macro F1": m["macro_f1"]})
+    return pd.DataFrame(rows)
+
+
+st.title("Evaluation")
+st.caption("Screening numbers for a finished run. Every choice (temperature, threshold) is made on "
+           "the validation split and only then applied to test.")
+
+finished = [r for r in runs.list_runs() if r.state == "done" and (r.path / "predictions.csv").exists()]
+if not finished:
+    st.info("No finished run yet: evaluation appears here when a run ends. Start one on the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+by_id = {r.run_id: r for r in finished}
+run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+scores = evaluation.load_scores(run.path)
+if "test" not in scores:
+    st.warning("This run's predictions.csv has no test rows; nothing to evaluate.")
+    st.stop()
+temperature = float(run.summary.get("temperature") or 1.0)
+test = scores["test"]
+val = scores.get("val")
+
+s = run.summary
+if s.get("test_collapsed"):
+    st.error(f"Collapsed model: {viz.percent(s.get('test_collapse_share'))} of the test images are predicted as "
+             f"grade {s.get('test_collapse_grade')}. Its accuracy is the majority share, not skill.")
+c = st.columns(5)
+c[0].metric("test accuracy", viz.percent(s.get("test_acc")), help=f"majority baseline {viz.percent(s.get('test_majority_acc'))}")
+c[1].metric("QWK", viz.number(s.get("test_qwk")))
+c[2].metric("macro F1", viz.number(s.get("test_macro_f1")))
+c[3].metric("macro AUC", viz.number(s.get("test_auc")))
+c[4].metric("referable-DR AUC", viz.number(s.get("test_referable_auc")), help="grade ≥ 2 against the rest, "
+            "scored by the summed probabilities of grades 2-4")
+
+st.subheader("Referable DR operating point")
+calibrated = st.toggle("Calibrated probabilities", value=True,
+                       help=f"temperature {temperature:.2f}, fitted on validation")
+t = temperature if calibrated else 1.0
+test_probs = test.probs(t)
+left, right = st.columns([1, 2])
+target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, 0.90, 0.01)
+suggested = evaluation.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
+if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
+    # A new run, calibration or target starts from the threshold chosen on validation.
+    st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(suggested, 3))
+left.button("Back to the validation threshold", on_click=st.session_state.update,
+            kwargs={"eval_threshold": round(suggested, 3)},
+            help=f"{suggested:.3f} reaches {target:.0%} sensitivity on validation")
+threshold = left.slider("Refer when P(grade ≥ 2) ≥", 0.0, 1.0, step=0.005, key="eval_threshold")
+op = metrics.operating_point(test.labels, test_probs, threshold)
+m = left.columns(2)
+m[0].metric("sensitivity", viz.percent(op["sensitivity"]))
+m[1].metric("specificity", viz.percent(op["specificity"]))
+m[0].metric("PPV", viz.percent(op["ppv"]))
+m[1].metric("NPV", viz.percent(op["npv"]))
+left.dataframe(pd.DataFrame({"referred": [op["tp"], op["fp"]], "not referred": [op["fn"], op["tn"]]},
+                            index=["referable (grade ≥ 2)", "not referable"]), width="stretch")
+curves = {"test": metrics.referable_roc(test.labels, test_probs)}
+if val:
+    curves["validation"] = metrics.referable_roc(val.labels, val.probs(t))
+right.plotly_chart(evaluation.referable_roc_figure(curves, op), width="stretch")
+with st.expander("Reference operating points"):
+    st.dataframe(pd.DataFrame([{"system": r.label, "sensitivity": r.sensitivity, "specificity": r.specificity,
+                                "source": r.source} for r in evaluation.REFERENCE_POINTS]),
+                 hide_index=True, width="stretch")
+    st.caption("Published on other populations, cameras and reference standards; shown for orientation, "
+               "not as a like-for-like comparison.")
+
+st.subheader("Calibration")
+left, right = st.columns([2, 1])
+left.plotly_chart(evaluation.reliability_figure(test.labels, {"uncalibrated": test.probs(1.0),
+                                                             f"T = {temperature:.2f}": test.probs(temperature)}),
+                  width="stretch")
+right.dataframe(pd.DataFrame(evaluation.calibration_table(scores, temperature)).round(4), hide_index=True,
+                width="stretch")
+right.caption("Temperature scaling divides the logits by one number fitted on validation: it changes how "
+              "confident the probabilities are, never which grade wins.")
+
+st.subheader("Test-time augmentation")
+st.caption("Averages the model over the image and its flips. Decide on validation whether it helps.")
+if st.button("Compute with and without flips"):
+    try:
+        st.dataframe(tta_metrics(str(run.path), runs.checkpoint_path(run.path).stat().st_mtime).round(4),
+                     hide_index=True, width="stretch")
+    except Exception as err:  # noqa: BLE001 - a missing dataset or checkpoint is shown, not raised
+        st.error(f"Could not evaluate with TTA: {err}")
