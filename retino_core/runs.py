@@ -287,6 +287,16 @@ def step_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
 
 
+def read_predictions(run_dir: Path):
+    """predictions.csv as a DataFrame (split, index, name, label, pred, p0..p4, ...); None if absent."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(Path(run_dir) / "predictions.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+
+
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         raise RunError(f"unknown checkpoint {which!r}; choose one of: best, last")
