@@ -1,0 +1,219 @@
+"""The four configurations (ResNet18 / ResNet50, with / without ImageNet weights) compared,
+laid out like the lab report and exported as a zipped Markdown + HTML report.
+
+No streamlit and no torch: everything here is read from run folders.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import zipfile
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from . import runs, viz
+from .config import ARCHS, GRADE_NAMES, TrainConfig, make_config
+
+# The lab report's 2x2 table: rows with / without pretraining, columns ResNet18 / ResNet50.
+FOUR = tuple((arch, pretrained) for pretrained in (True, False) for arch in ARCHS)
+ROW_NAMES = {True: "ImageNet pretrained", False: "from scratch"}
+COLUMN_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
+
+
+def configuration_name(arch: str, pretrained: bool) -> str:
+    """The name RunInfo.configuration gives, e.g. ``resnet50 / pretrained``."""
+    return f"{arch} / {'pretrained' if pretrained else 'scratch'}"
+
+
+CONFIGURATIONS = tuple(configuration_name(a, p) for a, p in FOUR)
+
+
+def four_configs(preset: str = "cpu", **overrides) -> list[TrainConfig]:
+    """One TrainConfig per configuration, identical apart from arch and pretraining."""
+    overrides = {k: v for k, v in overrides.items() if k not in ("arch", "pretrained")}
+    return [make_config(preset, arch=a, pretrained=p, **overrides) for a, p in FOUR]
+
+
+def same_data(run: runs.RunInfo, data: str | None) -> bool:
+    """Whether ``run`` trained on ``data`` (None matches every run)."""
+    if data is None:
+        return True
+    return str(run.config.get("data", "retinamnist")).strip().rstrip("/") == str(data).strip().rstrip("/")
+
+
+def datasets(all_runs: list[runs.RunInfo], done_only: bool = True) -> list[str]:
+    """The data specs that runs were trained on, most used first."""
+    specs = [str(r.config.get("data", "retinamnist")) for r in all_runs if not done_only or r.state == "done"]
+    return list(pd.Series(specs, dtype=object).value_counts().index) if specs else []
+
+
+def pick_four(all_runs: list[runs.RunInfo], data: str | None = None,
+              done_only: bool = False) -> dict[str, runs.RunInfo | None]:
+    """The newest run of each configuration on ``data``, in FOUR order (None where none)."""
+    latest = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)], done_only)
+    return {name: latest.get(name) for name in CONFIGURATIONS}
+
+
+def best_test_acc(run: runs.RunInfo) -> float | None:
+    """The highest test accuracy over epochs: the lab report's number (chosen on test, so optimistic)."""
+    values = [v for v in run.summary.get("test_acc_per_epoch") or [] if v is not None]
+    return max(values) if values else None
+
+
+def comparison_frame(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
+    """One row per configuration with the headline numbers; empty cells where not trained."""
+    rows = []
+    for (arch, pretrained), (name, run) in zip(FOUR, four.items()):
+        s = run.summary if run else {}
+        rows.append({
+            "configuration": name, "model": COLUMN_NAMES[arch], "pretraining": ROW_NAMES[pretrained],
+            "run": run.run_id if run else None,
+            "test_acc": s.get("test_acc"), "best_test_acc_over_epochs": best_test_acc(run) if run else None,
+            "test_qwk": s.get("test_qwk"), "test_auc": s.get("test_auc"),
+            "test_referable_auc": s.get("test_referable_auc"), "test_macro_f1": s.get("test_macro_f1"),
+            "test_majority_acc": s.get("test_majority_acc"), "test_collapsed": s.get("test_collapsed"),
+            "test_collapse_share": s.get("test_collapse_share"),
+            "test_collapse_grade": s.get("test_collapse_grade"), "best_epoch": s.get("best_epoch"),
+            "epochs": (run.config.get("epochs") if run else None), "train_seconds": s.get("train_seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def table_2x2(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The lab report's layout of one metric: rows pretraining, columns architecture."""
+    table = frame.pivot(index="pretraining", columns="model", values=metric)
+    table = table.reindex(index=list(ROW_NAMES.values()), columns=list(COLUMN_NAMES.values()))
+    table.index.name, table.columns.name = None, None
+    return table
+
+
+def findings(frame: pd.DataFrame) -> list[str]:
+    """Plain sentences about what the numbers show: collapse, baseline, the winner."""
+    out = []
+    done = frame.dropna(subset=["test_acc"])
+    if done.empty:
+        return ["No configuration has finished yet."]
+    for _, row in done.iterrows():
+        base = row["test_majority_acc"]
+        if row["test_collapsed"]:
+            grade = GRADE_NAMES[int(row["test_collapse_grade"] or 0)]
+            out.append(f"{row['configuration']} answers {grade} for {viz.percent(row['test_collapse_share'])} "
+                       "of the test images: it has collapsed onto one grade.")
+        elif base is not None and pd.notna(base) and row["test_acc"] <= base + 0.01:
+            out.append(f"{row['configuration']} is no better than always answering the commonest grade "
+                       f"({viz.percent(row['test_acc'])} vs a baseline of {viz.percent(base)}).")
+    best = done.sort_values(["test_qwk", "test_acc"], ascending=False, na_position="last").iloc[0]
+    out.append(f"Best agreement with the graders: {best['configuration']} "
+               f"(QWK {viz.number(best['test_qwk'])}, accuracy {viz.percent(best['test_acc'])}).")
+    missing = frame.loc[frame["test_acc"].isna(), "configuration"].tolist()
+    if missing:
+        out.append(f"Not trained yet on this data: {', '.join(missing)}.")
+    return out
+
+
+def _fmt_cell(value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if "_acc" in metric or metric.endswith("_share"):
+        return viz.percent(value)
+    if metric == "train_seconds":
+        return viz.duration(value)
+    if isinstance(value, float):
+        return viz.number(value)
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, metrics: dict[str, str] | None = None, index: bool = False) -> str:
+    """A GitHub-flavoured Markdown table; ``metrics`` maps column -> metric name for formatting."""
+    cols = list(frame.columns)
+    head = ([""] if index else []) + [str(c) for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in frame.iterrows():
+        cells = [_fmt_cell(row[c], (metrics or {}).get(c, str(c))) for c in cols]
+        lines.append("| " + " | ".join(([str(idx)] if index else []) + cells) + " |")
+    return "\n".join(lines)
+
+
+def epoch_frame(run: runs.RunInfo) -> pd.DataFrame:
+    """A run's per-epoch numbers (no confusion matrices) as a table."""
+    rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in runs.epoch_rows(run.path)]
+    return pd.DataFrame(rows)
+
+
+def figures(four: dict[str, runs.RunInfo | None], normalize: bool = True) -> dict:
+    """The comparison figures: accuracy curves per architecture and the four confusion matrices."""
+    done = {name: run for name, run in four.items() if run is not None}
+    out = {}
+    for arch in ARCHS:
+        curves = {name.split(" / ")[1]: runs.epoch_rows(run.path) for name, run in done.items() if run.arch == arch}
+        if curves:
+            baselines = {k: done[configuration_name(arch, k == "pretrained")].summary.get("test_majority_acc")
+                         for k in curves}
+            out[f"accuracy_{arch}"] = viz.accuracy_figure(
+                curves, baselines, splits=("train", "test"), title=f"{COLUMN_NAMES[arch]}: accuracy per epoch")
+    matrices = {name: run.summary["test_confusion"] for name, run in done.items() if run.summary.get("test_confusion")}
+    if matrices:
+        out["confusion"] = viz.confusion_grid(
+            matrices, normalize, title="Test confusion matrices (one colour scale)")
+    return out
+
+
+def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
+                 normalize: bool = True) -> bytes:
+    """A zip: report.md (tables), report.html (tables and interactive figures), per-run CSV/JSON."""
+    frame = comparison_frame(four)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"Diabetic-retinopathy grading: four configurations on {viz.data_label(data or '')}"
+    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc", "best_test_acc_over_epochs", "test_qwk"))
+    detail_cols = ["configuration", "run", "test_acc", "best_test_acc_over_epochs", "test_majority_acc",
+                   "test_qwk", "test_auc", "test_referable_auc", "test_macro_f1", "test_collapsed",
+                   "best_epoch", "epochs", "train_seconds"]
+    detail = frame[detail_cols]
+    notes = findings(frame)
+    md = "\n\n".join([
+        f"# {title}", f"Generated {stamp}. Grades: " + ", ".join(f"{i} {n}" for i, n in enumerate(GRADE_NAMES)) + ".",
+        "## Test accuracy of the checkpoint chosen on validation", markdown_table(acc, {c: "test_acc" for c in acc}, index=True),
+        "## Best test accuracy over epochs (the lab report's number; chosen on test, so optimistic)",
+        markdown_table(best, {c: "test_acc" for c in best}, index=True),
+        "## Quadratic weighted kappa (test)", markdown_table(qwk, {c: "test_qwk" for c in qwk}, index=True),
+        "## All numbers", markdown_table(detail),
+        "## Findings", "\n".join(f"- {n}" for n in notes),
+        "Interactive figures: open report.html. Per-epoch numbers: runs/<run>/epochs.csv.",
+    ]) + "\n"
+
+    def table_html(df: pd.DataFrame, metric: str | None = None, index: bool = True) -> str:
+        shown = df.copy()
+        for col in shown.columns:
+            shown[col] = shown[col].map(lambda v, name=metric or str(col): _fmt_cell(v, name))
+        return shown.to_html(index=index, border=0, classes="t", escape=True)
+
+    figs = figures(four, normalize)
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs.values())]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+table.t{{border-collapse:collapse;margin:0.5em 0 1.5em}} .t td,.t th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}</style>
+</head><body><h1>{html.escape(title)}</h1><p>Generated {stamp}.</p>
+<h2>Test accuracy (checkpoint chosen on validation)</h2>{table_html(acc, "test_acc")}
+<h2>Best test accuracy over epochs (lab report's number; optimistic)</h2>{table_html(best, "test_acc")}
+<h2>Quadratic weighted kappa (test)</h2>{table_html(qwk, "test_qwk")}
+<h2>All numbers</h2>{table_html(detail, index=False)}
+<h2>Findings</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<h2>Figures</h2>{''.join(parts) or '<p>No finished runs.</p>'}
+</body></html>"""
+
+    files = {"report.md": md, "report.html": page, "comparison.csv": frame.to_csv(index=False)}
+    for run in (r for r in four.values() if r is not None):
+        files[f"runs/{run.run_id}/config.json"] = json.dumps(run.config, indent=2, sort_keys=True)
+        files[f"runs/{run.run_id}/summary.json"] = json.dumps(run.summary, indent=2, sort_keys=True)
+        files[f"runs/{run.run_id}/epochs.csv"] = epoch_frame(run).to_csv(index=False)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, text in files.items():
+            info = zipfile.ZipInfo(name, datetime.now().timetuple()[:6])
+            info.external_attr = 0o644 << 16  # readable once unzipped (writestr's default is 0600)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, text)
+    return buf.getvalue()
