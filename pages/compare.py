@@ -1,0 +1,79 @@
+"""Compare: the four configurations side by side, as the lab report lays them out, and the
+whole comparison as a downloadable report."""
+
+import streamlit as st
+
+from retino_core import report, runs, viz
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/compare.py"
+    st.switch_page("streamlit_app.py")
+
+st.title("Compare")
+
+all_runs = runs.list_runs()
+specs = report.datasets(all_runs)
+if not specs:
+    st.info("Nothing to compare yet: train the four configurations (Overview → Train all four), "
+            "then come back.")
+    st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
+    st.stop()
+
+current = st.session_state.get("data", "retinamnist")
+left, right = st.columns([2, 3])
+data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
+                      format_func=viz.data_label, help="only runs trained on the same data are compared")
+four = report.pick_four(all_runs, data, done_only=True)
+with right.expander("Runs compared (newest finished of each configuration)"):
+    for name in report.CONFIGURATIONS:
+        options = [r for r in all_runs if r.state == "done" and r.configuration == name and report.same_data(r, data)]
+        if options:
+            ids = [r.run_id for r in options]
+            picked = st.selectbox(name, ids, key=f"compare-{name}")
+            four[name] = options[ids.index(picked)]
+        else:
+            st.caption(f"{name}: not trained on this dataset")
+
+frame = report.comparison_frame(four)
+trained = frame["test_acc"].notna().sum()
+if trained < 4:
+    st.info(f"{trained} of the four configurations have finished on this dataset; the empty cells fill in "
+            "as the others finish.")
+
+metric = st.radio("Accuracy in the table", ["best_test_acc_over_epochs", "test_acc"], horizontal=True,
+                  format_func={"best_test_acc_over_epochs": "best test accuracy over epochs (the lab report's)",
+                               "test_acc": "test accuracy of the checkpoint chosen on validation"}.get,
+                  help="The best epoch on the test set flatters a model (it is chosen on the test data); "
+                       "the checkpoint chosen on validation is the honest number.")
+left, right = st.columns(2)
+left.markdown("**Test accuracy**")
+left.table(report.table_2x2(frame, metric).map(viz.percent))
+right.markdown("**Quadratic weighted kappa (test)**")
+right.table(report.table_2x2(frame, "test_qwk").map(viz.number))
+baselines = {viz.percent(b) for b in frame["test_majority_acc"].dropna()}
+if baselines:
+    st.caption(f"Majority-class baseline (always the commonest grade): {', '.join(sorted(baselines))} of test images.")
+for line in report.findings(frame):
+    st.markdown(f"- {line}")
+
+with st.expander("All numbers"):
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="percent")
+        for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
+
+normalize = st.toggle("Confusion matrices row-normalised", value=True)
+figures = report.figures(four, normalize)
+columns = st.columns(2)
+for i, arch in enumerate(report.COLUMN_NAMES):
+    fig = figures.get(f"accuracy_{arch}")
+    if fig is None:
+        columns[i].info(f"No finished {report.COLUMN_NAMES[arch]} run on this dataset.")
+    else:
+        columns[i].plotly_chart(fig, width="stretch", key=f"acc-{arch}")
+if "confusion" in figures:
+    st.plotly_chart(figures["confusion"], width="stretch", key="confusion-grid")
+
+st.download_button("Download the comparison report (zip: Markdown, HTML with figures, CSV)",
+                   data=lambda: report.build_report(four, data, normalize),
+                   file_name="retino_comparison.zip", mime="application/zip", icon=":material/download:",
+                   disabled=trained == 0)

@@ -1,0 +1,70 @@
+"""Live: loss per step and accuracy per epoch of the selected runs, read from their folders
+every second while something trains (an st.fragment that polls; no loops)."""
+
+import streamlit as st
+
+from retino_core import runs, viz
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/live.py"
+    st.switch_page("streamlit_app.py")
+
+st.title("Live")
+
+all_runs = runs.list_runs()
+if not all_runs:
+    st.info("Nothing to watch yet: start a run on the Train page, or train all four from the Overview.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+by_id = {r.run_id: r for r in all_runs}
+active = [r.run_id for r in all_runs if r.state in runs.ACTIVE_STATES]
+default = active or [r.run_id for r in all_runs[:4]]
+selected = st.multiselect("Runs", list(by_id), default=default, key="live_runs",
+                          format_func=lambda i: f"{viz.short_label(by_id[i])} ({by_id[i].state})")
+follow = st.toggle("Also show every queued or running run", value=True)
+
+
+# Fast polling only while something trains; a change in that restarts the page at the other speed.
+@st.fragment(run_every=1.0 if active else 5.0)
+def live_view() -> None:
+    current = runs.list_runs()
+    now_active = [r.run_id for r in current if r.state in runs.ACTIVE_STATES]
+    if bool(now_active) != bool(active):
+        st.rerun()
+    ids = list(dict.fromkeys(selected + (now_active if follow else [])))
+    shown = [r for r in current if r.run_id in ids]
+    if not shown:
+        st.info("Pick one or more runs above.")
+        return
+
+    steps = {viz.short_label(r): runs.step_rows(r.path) for r in shown}
+    epochs = {viz.short_label(r): runs.epoch_rows(r.path) for r in shown}
+    for run in shown:
+        label = viz.short_label(run)
+        progress = viz.run_progress(run, steps[label])
+        with st.container(border=True):
+            head, bar = st.columns([3, 4], vertical_alignment="center")
+            head.markdown(f"**{label}** · {run.configuration} · :{_COLOUR.get(run.state, 'gray')}[{run.state}]")
+            bar.progress(progress.fraction, text=progress.text)
+            if run.state in ("failed", "interrupted") and run.status.get("error"):
+                st.caption(run.status["error"])
+
+    if not any(steps.values()):
+        st.info("No numbers yet: a run writes its first training loss a couple of seconds after it starts.")
+        return
+    st.plotly_chart(viz.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)"),
+                    width="stretch", key="live_loss")
+    baselines = {viz.short_label(r): (r.summary or r.status.get("progress") or {}).get("test_majority_acc")
+                 for r in shown}
+    if any(epochs.values()):
+        st.plotly_chart(viz.accuracy_figure(epochs, baselines, title="Accuracy per epoch (train, val, test)"),
+                        width="stretch", key="live_acc")
+    else:
+        st.caption("Accuracy appears when the first epoch ends. Majority-class baseline (test): "
+                   + ", ".join(f"{k} {viz.percent(v)}" for k, v in baselines.items() if v is not None))
+
+
+_COLOUR = {"running": "blue", "queued": "gray", "done": "green", "failed": "red", "interrupted": "orange"}
+
+live_view()

@@ -1,0 +1,127 @@
+"""Overview: the dataset in use, where each of the four configurations stands, train all four."""
+
+import pandas as pd
+import streamlit as st
+
+from retino_core import launch, report, runs, viz
+from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
+from retino_core.data import DataError, open_source
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/overview.py"
+    st.switch_page("streamlit_app.py")
+
+
+@st.cache_resource(show_spinner="Reading the dataset…", max_entries=4)
+def load_source(spec: str):
+    return open_source(spec)
+
+
+st.title("retino: diabetic-retinopathy grading")
+st.caption("ResNet18 and ResNet50, with and without ImageNet pretraining. Train them on the Train page, "
+           "watch them on Live, read them on Results, compare them on Compare.")
+
+# ---------------------------------------------------------------- the dataset
+
+st.subheader("Dataset")
+data = st.session_state.setdefault("data", "retinamnist")
+with st.form("dataset", border=False):
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    spec = left.text_input(
+        "Dataset in use", value=data,
+        help="`retinamnist` for the bundled RetinaMNIST (1,600 images), or the path of a lab folder "
+             "(train_img.csv, train_label.csv, test_img.csv, test_label.csv and the images), "
+             "or of a labels .csv with an image and a grade column.")
+    if right.form_submit_button("Use this dataset", width="stretch"):
+        spec = spec.strip() or "retinamnist"
+        try:
+            load_source(spec)
+        except DataError as err:
+            st.error(f"Cannot use this dataset: {err}")
+        else:
+            st.session_state.data = data = spec
+
+try:
+    source = load_source(data)
+except DataError as err:
+    st.error(f"The dataset in use can no longer be read: {err}")
+    st.stop()
+
+counts = source.counts()
+st.markdown(f"**{source.name}** · " + " · ".join(f"{split} {sum(c):,}" for split, c in counts.items())
+            + f" images · always answering the commonest grade scores **{viz.percent(source.majority_share())}** on test")
+for note in source.notes:
+    st.caption(note)
+left, right = st.columns([3, 2])
+left.plotly_chart(viz.counts_figure(counts), width="stretch")
+right.dataframe(pd.DataFrame(counts, index=GRADE_NAMES).T, width="stretch")
+
+train = source.splits["train"]
+first = [int(next((i for i, g in enumerate(train.labels) if g == grade), -1)) for grade in range(len(GRADE_NAMES))]
+shown = [(grade, i) for grade, i in enumerate(first) if i >= 0]
+right.caption("One training image of each grade")
+right.image([viz.display_image(train.image(i)) for _, i in shown],
+            caption=[f"{g} {GRADE_NAMES[g]}" for g, _ in shown], width=84)
+
+# ---------------------------------------------------------------- the four configurations
+
+st.subheader("The four configurations")
+
+
+@st.fragment(run_every=2)
+def configuration_cards() -> None:
+    all_runs = runs.list_runs()
+    latest = report.pick_four(all_runs, data)
+    finished = report.pick_four(all_runs, data, done_only=True)
+    for column, (name, run) in zip(st.columns(4), latest.items()):
+        with column.container(border=True):
+            st.markdown(f"**{name}**")
+            if run is None:
+                st.caption("not trained on this dataset yet")
+                continue
+            if run.state in runs.ACTIVE_STATES:
+                steps = runs.step_rows(run.path) if run.state == "running" else []
+                progress = viz.run_progress(run, steps)
+                st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
+            elif run.state != "done":
+                st.markdown(f":orange[{run.state}]")
+                st.caption(run.status.get("error") or "")
+            done = finished[name]
+            if done is None:
+                continue
+            s = done.summary
+            acc, base = s.get("test_acc"), s.get("test_majority_acc")
+            delta = None if acc is None or base is None else 100 * (acc - base)
+            if done is not run:
+                st.caption(f"last finished run: {done.run_id}")
+            st.metric("test accuracy", viz.percent(acc), delta=None if delta is None else f"{delta:+.1f} pts vs majority",
+                      delta_color="normal" if delta is None or abs(delta) >= 1 else "off",
+                      help=f"majority-class baseline {viz.percent(base)}: always answering the commonest grade")
+            st.metric("QWK", viz.number(s.get("test_qwk")),
+                      help="quadratic weighted kappa: agreement with the graders, 0 = chance, 1 = perfect")
+            st.caption(f"referable-DR AUC {viz.number(s.get('test_referable_auc'))} · "
+                       f"trained {viz.duration(s.get('train_seconds'))}")
+            if s.get("test_collapsed"):
+                st.warning(f"Collapsed: {viz.percent(s.get('test_collapse_share'))} of test images get "
+                           f"one grade ({GRADE_NAMES[int(s.get('test_collapse_grade') or 0)]}).", icon="⚠️")
+
+
+configuration_cards()
+
+with st.form("train_four", border=False):
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    preset = left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
+                            help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
+                                 "lab: the lab report's recipe, unchanged")
+    clicked = right.form_submit_button("Train all four on this dataset", type="primary",
+                                       icon=":material/play_arrow:")
+if clicked:
+    try:
+        queued = [launch.enqueue(cfg.to_dict()) for cfg in report.four_configs(preset, data=data)]
+    except (ConfigError, DataError, runs.RunError) as err:
+        st.error(f"Could not queue the runs: {err}")
+    else:
+        new = sum(created for _, created in queued)
+        st.success(f"Queued {new} run(s)" + (f"; {4 - new} identical run(s) were already queued or running"
+                                              if new < 4 else "") + ". They train one at a time.")
+        st.page_link("pages/live.py", label="Watch them on the Live page", icon=":material/monitoring:")

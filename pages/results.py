@@ -1,0 +1,111 @@
+"""Results: one run's confusion matrix, per-grade precision / recall / F1 and QWK; choose a
+cell to see the images behind it."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from retino_core import runs, viz
+from retino_core.config import GRADE_NAMES
+from retino_core.data import DataError, ImageError, open_source
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/results.py"
+    st.switch_page("streamlit_app.py")
+
+GALLERY_SIZE = 24
+
+
+@st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
+def load_source(spec: str, val_fraction: float, seed: int):
+    return open_source(spec, val_fraction, seed)
+
+
+def pick_cell(chart_key: str) -> None:
+    """A click on a square of the matrix selects that (true, predicted) cell below."""
+    points = st.session_state[chart_key].selection.points
+    if points:
+        st.session_state.cell_true = int(round(points[0]["y"]))
+        st.session_state.cell_pred = int(round(points[0]["x"]))
+
+
+st.title("Results")
+
+finished = [r for r in runs.list_runs() if r.summary]
+if not finished:
+    st.info("No finished run yet: results appear here when a run ends. Start one on the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+by_id = {r.run_id: r for r in finished}
+left, right = st.columns([3, 1])
+run = by_id[left.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+splits = [s for s in ("test", "val") if run.summary.get(f"{s}_confusion")]
+split = right.radio("Split", splits, horizontal=True)
+s = {k[len(split) + 1:]: v for k, v in run.summary.items() if k.startswith(f"{split}_")}
+
+if st.session_state.get("cell_for") != (run.run_id, split):
+    # Start on the commonest mistake: the most instructive cell of a new matrix.
+    off_diagonal = np.array(s["confusion"])
+    np.fill_diagonal(off_diagonal, -1)
+    true_grade, pred_grade = divmod(int(off_diagonal.argmax()), len(GRADE_NAMES))
+    st.session_state.update(cell_for=(run.run_id, split), cell_true=true_grade, cell_pred=pred_grade)
+
+acc, base = s.get("acc"), s.get("majority_acc")
+c = st.columns(5)
+c[0].metric("accuracy", viz.percent(acc),
+            delta=None if acc is None or base is None else f"{100 * (acc - base):+.1f} pts vs majority",
+            help=f"majority-class baseline {viz.percent(base)}: always answering the commonest training grade")
+c[1].metric("QWK", viz.number(s.get("qwk")), help="quadratic weighted kappa: 0 = chance, 1 = perfect agreement")
+c[2].metric("macro AUC", viz.number(s.get("auc")), help="one-vs-rest ROC AUC averaged over the grades")
+c[3].metric("referable-DR AUC", viz.number(s.get("referable_auc")),
+            help="how well P(grade ≥ 2) separates moderate-or-worse from the rest")
+c[4].metric("best epoch", f"{run.summary.get('best_epoch', '–')} / {run.config.get('epochs', '?')}",
+            help=f"checkpoint chosen on {run.summary.get('selected_on', '?')} {run.config.get('select_metric', '')}")
+if s.get("collapsed"):
+    st.warning(f"This model has collapsed: {viz.percent(s.get('collapse_share'))} of the {split} images get "
+               f"the grade {GRADE_NAMES[int(s.get('collapse_grade') or 0)]}. Its accuracy mostly measures the "
+               "class balance.", icon="⚠️")
+
+left, right = st.columns([3, 2])
+with left:
+    normalize = st.toggle("Row-normalised (share of each true grade)", value=False)
+    chart_key = f"confusion-{run.run_id}-{split}-{normalize}"
+    selected = (st.session_state.get("cell_true"), st.session_state.get("cell_pred"))
+    st.plotly_chart(viz.confusion_figure(s["confusion"], normalize, selected=selected), key=chart_key,
+                    on_select=lambda: pick_cell(chart_key), selection_mode="points", width="content")
+    st.caption("Hover a square for its count and row share; click it to see those images below.")
+with right:
+    per_grade = pd.DataFrame({"precision": s.get("precision"), "recall": s.get("recall"),
+                              "F1": s.get("f1"), "images": s.get("support")}, index=GRADE_NAMES)
+    st.markdown("**Per grade**")
+    st.dataframe(per_grade.style.format({"precision": "{:.2f}", "recall": "{:.2f}", "F1": "{:.2f}"}),
+                 width="stretch")
+    st.caption(f"macro F1 {viz.number(s.get('macro_f1'))} · {s.get('n', '?')} images · "
+               f"calibration temperature {viz.number(run.summary.get('temperature'), 2)}")
+
+st.subheader("Images in a cell")
+c = st.columns(2)
+true_grade = c[0].selectbox("True grade", range(len(GRADE_NAMES)), key="cell_true",
+                            format_func=lambda g: f"{g} {GRADE_NAMES[g]}")
+pred_grade = c[1].selectbox("Predicted grade", range(len(GRADE_NAMES)), key="cell_pred",
+                            format_func=lambda g: f"{g} {GRADE_NAMES[g]}")
+preds = runs.read_predictions(run.path)
+if preds is None:
+    st.info("This run has no predictions.csv, so its images cannot be listed.")
+    st.stop()
+cell = preds[(preds["split"] == split) & (preds["label"] == true_grade) & (preds["pred"] == pred_grade)]
+if cell.empty:
+    st.info(f"No {split} image of grade {GRADE_NAMES[true_grade]} was predicted {GRADE_NAMES[pred_grade]}. "
+            "Click another square.")
+    st.stop()
+try:
+    source = load_source(run.config.get("data", "retinamnist"), run.config.get("val_fraction", 0.1),
+                         run.config.get("seed", 0))
+    images = [viz.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
+except (DataError, ImageError, KeyError, IndexError) as err:
+    st.warning(f"The images of this run's dataset cannot be shown: {err}")
+    st.stop()
+st.caption(f"{len(cell)} image(s); showing {len(images)}. Caption: name, P(predicted grade).")
+st.image(images, width=112, caption=[f"{row['name']} · {row[f'p{pred_grade}']:.0%}"
+                                     for _, row in cell.head(GALLERY_SIZE).iterrows()])

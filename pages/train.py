@@ -1,0 +1,135 @@
+"""Train: start a run or all four, and stop, resume or delete runs. Runs train in their own
+processes, one at a time; this page only writes requests and reads run folders."""
+
+import pandas as pd
+import streamlit as st
+
+from retino_core import launch, report, runs, viz
+from retino_core.config import ARCHS, AUGMENTS, PRESETS, ConfigError, make_config
+from retino_core.data import DataError, open_source
+
+if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
+    st.session_state.return_to = "pages/train.py"
+    st.switch_page("streamlit_app.py")
+
+
+@st.cache_resource(show_spinner="Checking the dataset…", max_entries=4)
+def load_source(spec: str, val_fraction: float, seed: int):
+    return open_source(spec, val_fraction, seed)
+
+
+st.title("Train")
+
+# The preset sits outside the form so that choosing one refills the fields below.
+preset = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
+                      help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
+                           "lab: the lab report's recipe, unchanged (and its collapse)")
+d = PRESETS[preset]
+with st.form("train"):
+    data = st.text_input("Dataset", value=st.session_state.get("data", "retinamnist"),
+                         help="`retinamnist` (bundled), a lab folder with the four CSVs, or a labels .csv")
+    left, right = st.columns(2)
+    arch = left.radio("Architecture", ARCHS, horizontal=True, format_func=report.COLUMN_NAMES.get)
+    pretrained = right.toggle("Start from ImageNet weights", help="needs the weights in the torch cache or internet")
+    c = st.columns(5)
+    epochs = c[0].number_input("Epochs", 1, 500, d["epochs"], key=f"epochs-{preset}")
+    batch_size = c[1].number_input("Batch size", 1, 1024, d["batch_size"], key=f"batch-{preset}")
+    lr = c[2].number_input("Learning rate", 1e-6, 1.0, d["lr"], format="%.5f", step=1e-4, key=f"lr-{preset}")
+    image_size = c[3].number_input("Image size (px)", 16, 1024, d["image_size"], step=16, key=f"size-{preset}")
+    augment = c[4].selectbox("Augmentation", AUGMENTS, index=AUGMENTS.index(d["augment"]), key=f"aug-{preset}")
+    with st.expander("More"):
+        c = st.columns(3)
+        max_steps = c[0].number_input("Max steps per epoch (0 = all)", 0, 100_000, 0,
+                                      help="cap an epoch for a quick smoke run")
+        seed = c[1].number_input("Seed", 0, 2**31 - 1, 0)
+        name = c[2].text_input("Run name (optional)")
+    left, right = st.columns([1, 4])
+    start = left.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
+    four = right.form_submit_button("Run all four", icon=":material/grid_view:",
+                                    help="ResNet18 and ResNet50, with and without ImageNet weights, these settings")
+
+if start or four:
+    settings = dict(data=data.strip() or "retinamnist", epochs=int(epochs), batch_size=int(batch_size),
+                    lr=float(lr), image_size=int(image_size), augment=augment,
+                    max_steps_per_epoch=int(max_steps), seed=int(seed), name=name.strip())
+    try:
+        configs = (report.four_configs(preset, **settings) if four
+                   else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
+        load_source(configs[0].data, configs[0].val_fraction, configs[0].seed)  # fail here, not in the queue
+        queued = [launch.enqueue(cfg.to_dict()) for cfg in configs]
+    except (ConfigError, DataError, runs.RunError) as err:
+        st.error(f"Not started: {err}")
+    else:
+        for run_dir, created in queued:
+            st.success(f"Queued {run_dir.name}" if created else f"{run_dir.name} is already queued or running "
+                       "with these exact settings")
+        st.page_link("pages/live.py", label="Watch on the Live page", icon=":material/monitoring:")
+
+# ---------------------------------------------------------------- the runs
+
+
+@st.fragment(run_every=2)
+def run_table() -> None:
+    st.subheader("Runs")
+    all_runs = runs.list_runs()
+    if not all_runs:
+        st.info("No runs yet: fill in the form above and press **Start**, or **Run all four**.")
+        return
+    rows = []
+    for run in all_runs:
+        steps = runs.step_rows(run.path) if run.state == "running" else []
+        progress = viz.run_progress(run, steps)
+        acc = run.summary.get("test_acc")
+        rows.append({"run": run.run_id, "configuration": run.configuration, "state": run.state,
+                     "progress": progress.fraction, "test_acc": None if acc is None else 100 * acc,
+                     "test_qwk": run.summary.get("test_qwk"), "data": viz.data_label(run.config.get("data")),
+                     "status": progress.text if run.state in runs.ACTIVE_STATES else (run.status.get("error") or "")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "test_acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
+        "test_qwk": st.column_config.NumberColumn("test QWK", format="%.3f"),
+    })
+    queued = sum(r.state == "queued" for r in all_runs)
+    if queued:
+        st.caption(f"{queued} run(s) waiting: one run trains at a time; the next starts by itself.")
+        if not any(r.state == "running" for r in all_runs) and st.button(
+                "Start the queue", help="nothing is training: after a reboot the queue needs a new worker"):
+            launch.spawn_worker()
+            st.toast("queue worker started")
+
+    by_id = {r.run_id: r for r in all_runs}
+    left, mid, right, rest = st.columns([4, 1, 1, 1], vertical_alignment="bottom")
+    run_id = left.selectbox("Run to manage", list(by_id), key="manage",
+                            format_func=lambda i: f"{i} · {by_id[i].state}")
+    run = by_id[run_id]
+    mid.button("Stop", disabled=run.state not in runs.ACTIVE_STATES, width="stretch", on_click=act,
+               args=("stop", run_id), help="the run ends as interrupted; its last checkpoint is kept for Resume")
+    right.button("Resume", disabled=run.state not in ("interrupted", "failed"), width="stretch", on_click=act,
+                 args=("resume", run_id), help="continue from the last checkpoint")
+    with rest.popover("Delete", disabled=run.state == "running", width="stretch"):
+        st.write(f"Delete **{run_id}** with its checkpoints and metrics?")
+        st.button("Delete for good", type="primary", on_click=act, args=("delete", run_id))
+    if run.status.get("error"):
+        st.caption(f"{run_id}: {run.status['error']}")
+    for kind, message in st.session_state.pop("train_messages", []):
+        getattr(st, kind)(message)
+
+
+def act(action: str, run_id: str) -> None:
+    """Stop, resume or delete a run (a button callback: the table redrawn after it is current)."""
+    try:
+        if action == "stop":
+            result = f"{run_id} is now {launch.stop(run_id)}"
+        elif action == "resume":
+            launch.resume(run_id)
+            result = f"{run_id} is queued to resume from its last checkpoint"
+        else:
+            runs.delete_run(run_id)
+            result = f"deleted {run_id}"
+    except runs.RunError as err:
+        st.session_state.train_messages = [("error", str(err))]
+    else:
+        st.session_state.train_messages = [("success", result)]
+
+
+run_table()
