@@ -1,0 +1,96 @@
+"""Synthetic run folders in the real layout, written without training (for the app tests and
+bench/pages_bench.py): config, status, metrics rows, summary and predictions."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retino_core import runs
+from retino_core.config import NUM_CLASSES, make_config
+from retino_core.data import open_source
+from retino_core.metrics import classification_metrics, majority_baseline, softmax
+
+
+def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, state: str = "done",
+              epochs: int = 3, steps: int = 20, rows_per_epoch: int = 5, data: str = "retinamnist",
+              skill: float = 1.5, seed: int = 0, name: str = "", epochs_done: int | None = None) -> Path:
+    """A run folder as the trainer leaves it; ``skill`` 0 gives a model collapsed onto grade 0."""
+    rng = np.random.default_rng(seed)
+    cfg = make_config("cpu", data=data, arch=arch, pretrained=pretrained, epochs=epochs, name=name)
+    run_dir = runs.create_run_dir(name or f"{arch}-{'pre' if pretrained else 'scratch'}", runs_dir)
+    runs.write_json(run_dir / "config.json", {**cfg.to_dict(), "created": runs.now_iso()})
+    source = open_source(data)
+    train_labels = source.splits["train"].labels
+    baseline = {f"{s}_majority_acc": majority_baseline(train_labels, source.splits[s].labels)
+                for s in source.splits if s != "train"}
+
+    def probabilities(labels: np.ndarray, strength: float) -> np.ndarray:
+        logits = rng.normal(0, 1, (len(labels), NUM_CLASSES))
+        logits[np.arange(len(labels)), labels] += strength
+        logits[:, 0] += 1.0 if skill else 6.0  # the majority grade pulls, as in real runs
+        return softmax(logits)
+
+    if epochs_done is None:
+        epochs_done = {"done": epochs, "queued": 0}.get(state, epochs // 2)
+    done = epochs_done
+    t0 = time.time() - 60.0 * max(done, 1)
+    rows = []
+    for epoch in range(1, done + 1):
+        for k in range(1, rows_per_epoch + 1):
+            step = round(k * steps / rows_per_epoch)
+            rows.append({"kind": "step", "epoch": epoch, "step": step, "steps": steps,
+                         "global_step": (epoch - 1) * steps + step, "train_loss": 1.6 / (1 + 0.3 * epoch) + 0.05 * rng.random(),
+                         "train_acc": 0.4 + 0.05 * epoch, "lr": 1e-3, "images_per_s": 200.0,
+                         "time": t0 + 60.0 * (epoch - 1) + 50.0 * k / rows_per_epoch})
+        row = {"kind": "epoch", "epoch": epoch, "best": True, "elapsed": 60.0 * epoch, "time": t0 + 60.0 * epoch,
+               "train_loss": 1.6 / (1 + 0.3 * epoch), "train_acc": 0.4 + 0.05 * epoch,
+               "train_seconds": 50.0, "eval_seconds": 10.0}
+        for split in ("val", "test"):
+            labels = source.splits[split].labels
+            row.update(classification_metrics(labels, probabilities(labels, skill * epoch / epochs), f"{split}_"))
+            row[f"{split}_loss"] = 1.3
+        rows.append(row)
+    runs.append_jsonl(run_dir / "metrics.jsonl", rows)
+
+    status = {"created": runs.now_iso(), "progress": {"epoch": done, "epochs": epochs, **baseline}}
+    if state == "running":
+        status.update(pid=os.getpid(), host=os.uname().nodename, heartbeat_ts=time.time(), started=runs.now_iso())
+    if state in ("failed", "interrupted"):
+        status["error"] = "stopped by the user" if state == "interrupted" else "ValueError: synthetic failure"
+    runs.write_status(run_dir, state, **status)
+    if state != "done":
+        return run_dir
+
+    summary = {"best_epoch": epochs, "selected_on": "val", "temperature": 1.3, "arch": arch,
+               "pretrained": pretrained, "epochs": epochs, "data": data, "data_name": source.name,
+               "train_seconds": 60.0 * epochs, "test_acc_per_epoch": [r["test_acc"] for r in rows if r["kind"] == "epoch"],
+               **baseline}
+    frames = []
+    for split in ("val", "test"):
+        labels = source.splits[split].labels
+        probs = probabilities(labels, skill)
+        summary.update(classification_metrics(labels, probs, f"{split}_"))
+        df = pd.DataFrame({"split": split, "index": np.arange(len(labels)), "name": source.splits[split].names,
+                           "label": labels, "pred": probs.argmax(1)})
+        for c in range(NUM_CLASSES):
+            df[f"p{c}"] = probs[:, c]
+        frames.append(df)
+    runs.write_json(run_dir / "summary.json", summary)
+    pd.concat(frames).to_csv(run_dir / "predictions.csv", index=False)
+    return run_dir
+
+
+def write_four(runs_dir: Path, data: str = "retinamnist", collapsed: str = "resnet50 / scratch") -> list[Path]:
+    """The four configurations, done, one of them collapsed onto the majority grade."""
+    out = []
+    for i, (arch, pretrained) in enumerate([("resnet18", True), ("resnet50", True),
+                                             ("resnet18", False), ("resnet50", False)]):
+        name = f"{arch} / {'pretrained' if pretrained else 'scratch'}"
+        out.append(write_run(runs_dir, arch, pretrained, data=data, seed=i,
+                             skill=0.0 if name == collapsed else 1.0 + 0.5 * pretrained))
+    return out

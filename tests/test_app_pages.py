@@ -1,0 +1,249 @@
+"""Every dashboard page through streamlit.testing's AppTest: no exception, the elements a user
+needs, empty states that say what to do, clear errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_fixtures import write_four, write_run
+from conftest import fundus_image, jpeg_bytes
+from retino_core import launch, runs
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+PAGES = ("overview", "train", "live", "results", "classify", "compare")
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything a user reads on the page, as one string."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
+                                  "subheader") for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Queue runs without starting the background trainer; returns the spawn calls."""
+    calls: list = []
+    monkeypatch.setattr(launch, "spawn_worker", lambda runs_dir=None: calls.append(runs_dir) or 0)
+    return calls
+
+
+@pytest.fixture
+def four(runs_dir: Path) -> list[Path]:
+    return write_four(runs_dir)
+
+
+@pytest.fixture
+def real_run(runs_dir: Path, finished_run: Path) -> Path:
+    """The session's really trained run, copied into this test's runs folder."""
+    return Path(shutil.copytree(finished_run, runs_dir / finished_run.name))
+
+
+# ---------------------------------------------------------------- empty registry
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_no_runs(runs_dir: Path, page: str) -> None:
+    at = open_page(page)
+    assert at.title
+    if page == "overview":
+        assert "not trained on this dataset yet" in texts(at)
+        assert any(b.label.startswith("Train all four") for b in at.button)
+    elif page == "train":
+        assert "No runs yet" in texts(at)
+        assert {b.label for b in at.button} >= {"Start", "Run all four"}
+    else:  # nothing to show: the page says what to do instead of drawing an empty chart
+        assert at.info and not at.get("plotly_chart")
+
+
+def test_overview_shows_the_dataset(runs_dir: Path) -> None:
+    at = open_page("overview")
+    page = texts(at)
+    assert "RetinaMNIST" in page and "43.5%" in page  # the majority-class baseline on test
+    assert len(at.get("image")[0].value) == 5  # one sample per grade
+    assert at.get("plotly_chart") and at.dataframe
+
+
+def test_overview_rejects_a_folder_without_the_csvs(runs_dir: Path, tmp_path: Path) -> None:
+    at = open_page("overview")
+    at.text_input[0].set_value(str(tmp_path))
+    at.button[0].click().run()
+    assert not at.exception
+    assert "lacks train_img.csv" in at.error[0].value
+    assert at.session_state["data"] == "retinamnist"
+
+
+def test_overview_switches_to_a_lab_folder(runs_dir: Path, lab_folder: Path) -> None:
+    at = open_page("overview")
+    at.text_input[0].set_value(str(lab_folder))
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert f"lab folder {lab_folder.name}" in texts(at)
+
+
+# ---------------------------------------------------------------- with runs
+
+
+def test_overview_cards_show_the_four_configurations(four, runs_dir: Path) -> None:
+    at = open_page("overview")
+    assert [m.label for m in at.metric].count("test accuracy") == 4
+    assert [m.label for m in at.metric].count("QWK") == 4
+    assert "Collapsed" in at.warning[0].value  # resnet50 / scratch answers one grade
+
+
+def test_overview_trains_all_four(runs_dir: Path, no_worker: list) -> None:
+    at = open_page("overview")
+    next(b for b in at.button if b.label.startswith("Train all four")).click().run()
+    assert not at.exception
+    queued = runs.list_runs(runs_dir)
+    assert sorted(r.configuration for r in queued) == sorted(
+        ["resnet18 / pretrained", "resnet18 / scratch", "resnet50 / pretrained", "resnet50 / scratch"])
+    assert all(r.state == "queued" for r in queued) and no_worker
+    assert "queued" in texts(at).lower()  # the cards now say so
+
+
+def test_a_run_started_on_train_shows_on_live(runs_dir: Path, tiny_npz: Path, no_worker: list) -> None:
+    at = open_page("train")
+    at.text_input[0].set_value(str(tiny_npz))
+    at.number_input(key="epochs-cpu").set_value(1)
+    at.number_input(key="size-cpu").set_value(32)
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception and not at.error
+    (run,) = runs.list_runs(runs_dir)
+    assert run.state == "queued" and run.config["epochs"] == 1 and run.config["image_size"] == 32
+    assert f"Queued {run.run_id}" in at.success[0].value
+
+    at.switch_page("pages/live.py").run()
+    assert not at.exception
+    assert run.run_id in at.multiselect[0].value
+    assert "waiting in the queue" in [p.proto.text for p in at.get("progress")][0]
+
+
+def test_train_rejects_bad_settings(runs_dir: Path, tmp_path: Path, no_worker: list) -> None:
+    at = open_page("train")
+    at.text_input[0].set_value(str(tmp_path))  # a folder without the lab CSVs
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception
+    assert "lacks train_img.csv" in at.error[0].value
+    assert runs.list_runs(runs_dir) == [] and not no_worker
+
+
+def test_train_stops_resumes_and_deletes(runs_dir: Path, no_worker: list) -> None:
+    queued = write_run(runs_dir, state="queued")
+    at = open_page("train")
+    assert at.dataframe[0].value["run"].tolist() == [queued.name]
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert runs.read_status(queued)["state"] == "interrupted"
+
+    runs.checkpoint_path(queued, "last").write_bytes(b"")  # resume needs a last checkpoint
+    at.run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert runs.read_status(queued)["state"] == "queued" and no_worker
+
+    next(b for b in at.button if b.label == "Stop").click().run()
+    at.run()
+    next(b for b in at.button if b.label == "Delete for good").click().run()
+    assert not at.exception
+    assert not queued.exists()
+
+
+def test_live_shows_curves_and_the_majority_baseline(four, runs_dir: Path) -> None:
+    at = open_page("live")
+    assert len(at.multiselect[0].value) == 4
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # loss per step, accuracy per epoch
+    assert "majority-class baseline" in charts[1].proto.spec
+
+
+def test_live_shows_a_running_run(runs_dir: Path) -> None:
+    run = write_run(runs_dir, state="running", epochs=4)  # its pid is this (alive) process
+    at = open_page("live")
+    assert at.multiselect[0].value == [run.name]
+    text = at.get("progress")[0].proto.text
+    assert "epoch 2/4" in text and "images/s" in text
+
+
+def test_results_confusion_matrix_and_gallery(four, runs_dir: Path) -> None:
+    at = open_page("results")
+    best = next(r for r in runs.list_runs(runs_dir) if r.configuration == "resnet18 / pretrained")
+    at.selectbox[0].set_value(best.run_id).run()
+    assert {m.label for m in at.metric} >= {"accuracy", "QWK", "referable-DR AUC"}
+    assert len(at.get("plotly_chart")) == 1 and at.dataframe  # the matrix; per-grade P/R/F1
+    at.selectbox(key="cell_true").set_value(2)
+    at.selectbox(key="cell_pred").set_value(2)
+    at.run()
+    gallery = at.get("image")[-1].captions
+    assert gallery and all(" · " in caption for caption in gallery)
+    at.toggle[0].set_value(True).run()  # row-normalised
+    assert not at.exception
+
+
+def test_results_warns_about_a_collapsed_model(four, runs_dir: Path) -> None:
+    at = open_page("results")
+    collapsed = next(r for r in runs.list_runs(runs_dir) if r.configuration == "resnet50 / scratch")
+    at.selectbox[0].set_value(collapsed.run_id).run()
+    assert "collapsed" in at.warning[0].value
+
+
+def test_results_of_a_real_run(real_run: Path) -> None:
+    at = open_page("results")
+    assert at.selectbox[0].value == real_run.name
+    assert at.get("plotly_chart") and not at.exception
+
+
+def test_compare_lays_out_the_four(four, runs_dir: Path) -> None:
+    at = open_page("compare")
+    assert len(at.table) == 2  # accuracy and QWK, 2x2 each
+    assert len(at.get("plotly_chart")) == 3  # ResNet18 curves, ResNet50 curves, the four matrices
+    assert "collapsed" in texts(at)
+    assert at.get("download_button")
+
+
+def test_compare_with_one_configuration_says_what_is_missing(real_run: Path) -> None:
+    at = open_page("compare")
+    assert "1 of the four configurations" in at.info[0].value
+    assert not at.exception
+
+
+def test_classify_grades_an_upload_with_grad_cam(real_run: Path) -> None:
+    at = open_page("classify")
+    assert at.multiselect[0].value == [real_run.name]
+    at.file_uploader[0].set_value(("eye.jpg", jpeg_bytes(fundus_image(64)), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert any("predicted grade" in m.label for m in at.metric)
+    assert len(at.get("image")) >= 2  # the photo and its Grad-CAM overlay
+
+
+def test_classify_says_which_upload_is_not_an_image(real_run: Path) -> None:
+    at = open_page("classify")
+    at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
+                                   ("eye.png", jpeg_bytes(fundus_image(64)), "image/png")])
+    at.run()
+    assert not at.exception
+    assert "notes.png" in at.error[0].value and "not a recognised image" in at.error[0].value
+    assert any("predicted grade" in m.label for m in at.metric)  # the good one is still graded
+
+
+def test_classify_several_images_gives_a_table(real_run: Path) -> None:
+    at = open_page("classify")
+    at.file_uploader[0].set_value([(f"eye{i}.jpg", jpeg_bytes(fundus_image(64, seed=i, grade=i)), "image/jpeg")
+                                   for i in range(3)])
+    at.toggle(key="grad_cam").set_value(False)  # faster
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["image"]) == ["eye0.jpg", "eye1.jpg", "eye2.jpg"]
+    assert at.get("download_button")
