@@ -88,26 +88,35 @@ def _config_from_args(args: argparse.Namespace, **fixed):
 
 
 def _train_one(cfg, args) -> Path:
+    from . import distributed
     from .data import open_source
     from .train import prepare_run, run_training
 
     source = open_source(cfg.data, cfg.val_fraction, cfg.seed)  # bad data fails before a run exists
-    run_dir = prepare_run(cfg, args.runs_dir)
-    print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir}", file=sys.stderr)
-    run_training(run_dir, quiet=args.quiet, source=source)
+    distributed.init(cfg.device)  # only under torchrun: then rank 0 makes the run folder
+    run_dir = distributed.broadcast(prepare_run(cfg, args.runs_dir) if distributed.is_main() else None)
+    if distributed.is_main():
+        print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir}", file=sys.stderr)
+    with distributed.local_run_dir(run_dir) as own_dir:
+        run_training(own_dir, quiet=args.quiet or not distributed.is_main(), source=source)
     return run_dir
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .train import run_training
 
     if args.run_dir is not None or args.resume:
         target = args.run_dir if args.run_dir is not None else runs.resolve_run_dir(args.resume, args.runs_dir)
         run_dir = runs.resolve_run_dir(target, args.runs_dir)
-        run_training(run_dir, resume=args.resume is not None, quiet=args.quiet)
+        distributed.init((runs.read_json(run_dir / "config.json", {}) or {}).get("device", "auto"))
+        resume = args.resume is not None
+        with distributed.local_run_dir(run_dir, resume) as own_dir:
+            run_training(own_dir, resume=resume, quiet=args.quiet or not distributed.is_main())
     else:
         run_dir = _train_one(_config_from_args(args), args)
-    print(run_dir)
+    if distributed.is_main():
+        print(run_dir)
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from . import runs
+from . import distributed, gpu_data, runs
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
 from .errors import Interrupted, TrainingFailed
 from .data import DataSource, SplitDataset, open_source
@@ -79,13 +79,18 @@ def build_loaders(cfg: TrainConfig, source: DataSource, device: torch.device) ->
     if cfg.sampler == "weighted":
         counts = np.maximum(np.bincount(train.labels, minlength=NUM_CLASSES), 1)
         sampler = WeightedRandomSampler(torch.as_tensor(1.0 / counts[train.labels]), len(train))
+    # Under torchrun: this rank's shard and its share of the (global) batch.
+    sampler, batch_size = distributed.train_sampler(sampler, len(train), cfg.batch_size, cfg.seed)
+    if gpu_data.wanted(cfg, device):
+        return gpu_data.build_device_loaders(cfg, source, device, sampler, batch_size, workers,
+                                             pre["mean"], pre["std"])
     loaders = {"train": DataLoader(
-        SplitDataset(train, train_tf), batch_size=cfg.batch_size, shuffle=sampler is None,
+        SplitDataset(train, train_tf), batch_size=batch_size, shuffle=sampler is None,
         sampler=sampler, drop_last=len(train) > cfg.batch_size, **common)}
     for name, split in source.splits.items():
         if name != "train" and len(split):
-            loaders[name] = DataLoader(SplitDataset(split, eval_tf), batch_size=cfg.batch_size * 2,
-                                       shuffle=False, **common)
+            loaders[name] = DataLoader(SplitDataset(split, eval_tf), batch_size=batch_size * 2,
+                                       sampler=distributed.eval_sampler(len(split)), shuffle=False, **common)
     return loaders
 
 
@@ -216,6 +221,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
                                optimizer.param_groups[0]["lr"],
                                (seen - seen_at_last) / max(now - last, 1e-9)))
             last, seen_at_last = now, seen
+    loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
     seconds = time.monotonic() - t0
     mean_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(mean_loss):
@@ -230,6 +236,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, c
                    tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, 5) and labels (N,) over a loader; flips averaged in logit space with ``tta``."""
     model.eval()
+    distributed.sync_buffers(model)
     outs, labels = [], []
     for x, y in loader:
         x, _ = _to_device(x, y, device, cfg)
@@ -238,9 +245,11 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, c
             logits = torch.stack([model(v).float() for v in views]).mean(0)
         outs.append(logits)
         labels.append(y)
-    if not outs:
-        return np.zeros((0, NUM_CLASSES), np.float32), np.zeros(0, np.int64)
-    return torch.cat(outs).cpu().numpy(), torch.cat(labels).numpy()
+    logits = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, NUM_CLASSES), np.float32)
+    ys = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, np.int64)
+    # Under torchrun each rank saw its shard; every rank gets the whole split back, in order.
+    logits, ys = distributed.gather_shards(logits, ys)
+    return logits, ys
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainConfig,
@@ -375,7 +384,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
     loss_fn = build_loss(cfg, source.splits["train"].labels).to(device)
-    train_model = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    train_model = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
+    train_model = torch.compile(train_model) if cfg.compile and device.type == "cuda" else train_model
 
     start_epoch, best_score, best_epoch = 1, -math.inf, 0
     last_path, best_path = ckdir / "last.pt", ckdir / "best.pt"
@@ -401,6 +411,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     t_start = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # resume replays the same epochs
+        distributed.set_epoch(loaders["train"], epoch)
         bar = rec.bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
         done_steps = [0]
 
