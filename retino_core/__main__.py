@@ -71,6 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="train queued runs one at a time (started by the app)")
     p.add_argument("--runs-dir", type=Path)
+
+    # Parsed by bench/throughput.py itself (main() hands it the arguments); listed for --help.
+    sub.add_parser("bench", help="training images/s: the lab's loop vs this trainer vs the model alone "
+                                 "(options: bench --help)")
     return parser
 
 
@@ -192,7 +196,21 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "run
             "worker": cmd_worker}
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """Run bench/throughput.py of this checkout with ``argv``."""
+    import runpy
+
+    script = runs.PROJECT_ROOT / "bench" / "throughput.py"
+    if not script.is_file():
+        print(f"error: {script} not found; the benchmark runs from a checkout of the project", file=sys.stderr)
+        return EXIT_USAGE
+    return int(runpy.run_path(str(script), run_name="retino_bench")["main"](argv) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # bench/throughput.py parses its own options
+        return cmd_bench(argv[1:])
     args = get_args_parser().parse_args(argv)
     from .models import WeightsError
     from .predict import CheckpointError
