@@ -89,7 +89,7 @@ def calibration_table(scores: dict[str, SplitScores], temperature: float) -> lis
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0), height=height, template="plotly_white",
                       margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
     return fig
 
 
