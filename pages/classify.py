@@ -41,7 +41,7 @@ chosen = st.multiselect("Models", list(by_id), default=default,
 uploads = st.file_uploader("Fundus photographs (JPEG or PNG)", type=["jpg", "jpeg", "png"],
                            accept_multiple_files=True)
 c = st.columns(4)
-use_sample = c[0].checkbox("Add the bundled sample photo (CC0)", value=False)
+use_sample = c[0].checkbox("Bundled sample photo", value=False, help="a CC0 fundus photograph shipped with retino")
 calibrated = c[1].toggle("Calibrated probabilities", value=True, key="calibrated",
                          help="logits divided by the temperature fitted on the validation split")
 tta = c[2].toggle("Test-time augmentation", value=False, key="tta", help="average the model over flipped copies")

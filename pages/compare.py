@@ -19,7 +19,7 @@ if not specs:
     st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
     st.stop()
 
-current = st.session_state.get("data", "retinamnist")
+current = st.session_state.get("data") or report.default_data(all_runs)
 left, right = st.columns([2, 3])
 data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
                       format_func=viz.data_label, help="only runs trained on the same data are compared")
@@ -37,7 +37,7 @@ with right.expander("Runs compared (newest finished of each configuration)"):
 frame = report.comparison_frame(four)
 trained = frame["test_acc"].notna().sum()
 if trained < 4:
-    st.info(f"{trained} of the four configurations have finished on this dataset; the empty cells fill in "
+    st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "
             "as the others finish.")
 
 metric = st.radio("Accuracy in the table", ["best_test_acc_over_epochs", "test_acc"], horizontal=True,

@@ -21,7 +21,7 @@ by_id = {r.run_id: r for r in all_runs}
 active = [r.run_id for r in all_runs if r.state in runs.ACTIVE_STATES]
 default = active or [r.run_id for r in all_runs[:4]]
 selected = st.multiselect("Runs", list(by_id), default=default, key="live_runs",
-                          format_func=lambda i: f"{viz.short_label(by_id[i])} ({by_id[i].state})")
+                          format_func=lambda i: f"{viz.short_label(by_id[i])} · {by_id[i].configuration}")
 follow = st.toggle("Also show every queued or running run", value=True)
 
 

@@ -1,11 +1,12 @@
 """Overview: the dataset in use, where each of the four configurations stands, train all four."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from retino_core import launch, report, runs, viz
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
-from retino_core.data import DataError, open_source
+from retino_core.data import DataError, ImageError, open_source
 
 if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
     st.session_state.return_to = "pages/overview.py"
@@ -24,7 +25,7 @@ st.caption("ResNet18 and ResNet50, with and without ImageNet pretraining. Train 
 # ---------------------------------------------------------------- the dataset
 
 st.subheader("Dataset")
-data = st.session_state.setdefault("data", "retinamnist")
+data = st.session_state.setdefault("data", report.default_data(runs.list_runs()))
 with st.form("dataset", border=False):
     left, right = st.columns([4, 1], vertical_alignment="bottom")
     spec = left.text_input(
@@ -41,27 +42,28 @@ with st.form("dataset", border=False):
         else:
             st.session_state.data = data = spec
 
+
+def show_dataset(source) -> None:
+    counts = source.counts()
+    st.markdown(f"**{source.name}** · " + " · ".join(f"{split} {sum(c):,}" for split, c in counts.items())
+                + f" images · always answering the commonest grade scores **{viz.percent(source.majority_share())}** on test")
+    for note in source.notes:
+        st.caption(note)
+    left, right = st.columns([3, 2])
+    left.plotly_chart(viz.counts_figure(counts), width="stretch")
+    right.dataframe(pd.DataFrame(counts, index=GRADE_NAMES).T, width="stretch")
+    train = source.splits["train"]
+    first = {grade: int(np.argmax(train.labels == grade)) for grade in range(len(GRADE_NAMES))
+             if (train.labels == grade).any()}
+    st.caption("One training image of each grade")
+    st.image([viz.display_image(train.image(i)) for i in first.values()],
+             caption=[f"{g} {GRADE_NAMES[g]}" for g in first], width=112)
+
+
 try:
-    source = load_source(data)
-except DataError as err:
-    st.error(f"The dataset in use can no longer be read: {err}")
-    st.stop()
-
-counts = source.counts()
-st.markdown(f"**{source.name}** · " + " · ".join(f"{split} {sum(c):,}" for split, c in counts.items())
-            + f" images · always answering the commonest grade scores **{viz.percent(source.majority_share())}** on test")
-for note in source.notes:
-    st.caption(note)
-left, right = st.columns([3, 2])
-left.plotly_chart(viz.counts_figure(counts), width="stretch")
-right.dataframe(pd.DataFrame(counts, index=GRADE_NAMES).T, width="stretch")
-
-train = source.splits["train"]
-first = [int(next((i for i, g in enumerate(train.labels) if g == grade), -1)) for grade in range(len(GRADE_NAMES))]
-shown = [(grade, i) for grade, i in enumerate(first) if i >= 0]
-right.caption("One training image of each grade")
-right.image([viz.display_image(train.image(i)) for _, i in shown],
-            caption=[f"{g} {GRADE_NAMES[g]}" for g, _ in shown], width=84)
+    show_dataset(load_source(data))
+except (DataError, ImageError) as err:
+    st.error(f"The dataset in use cannot be read: {err}. Point to another one above.")
 
 # ---------------------------------------------------------------- the four configurations
 

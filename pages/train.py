@@ -1,6 +1,8 @@
 """Train: start a run or all four, and stop, resume or delete runs. Runs train in their own
 processes, one at a time; this page only writes requests and reads run folders."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -18,6 +20,8 @@ def load_source(spec: str, val_fraction: float, seed: int):
     return open_source(spec, val_fraction, seed)
 
 
+QUEUE_STALLED_S = 30.0
+
 st.title("Train")
 
 # The preset sits outside the form so that choosing one refills the fields below.
@@ -26,7 +30,7 @@ preset = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
                            "lab: the lab report's recipe, unchanged (and its collapse)")
 d = PRESETS[preset]
 with st.form("train"):
-    data = st.text_input("Dataset", value=st.session_state.get("data", "retinamnist"),
+    data = st.text_input("Dataset", value=st.session_state.get("data") or report.default_data(runs.list_runs()),
                          help="`retinamnist` (bundled), a lab folder with the four CSVs, or a labels .csv")
     left, right = st.columns(2)
     arch = left.radio("Architecture", ARCHS, horizontal=True, format_func=report.COLUMN_NAMES.get)
@@ -89,11 +93,13 @@ def run_table() -> None:
         "test_acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
         "test_qwk": st.column_config.NumberColumn("test QWK", format="%.3f"),
     })
-    queued = sum(r.state == "queued" for r in all_runs)
+    queued = [r for r in all_runs if r.state == "queued"]
     if queued:
-        st.caption(f"{queued} run(s) waiting: one run trains at a time; the next starts by itself.")
-        if not any(r.state == "running" for r in all_runs) and st.button(
-                "Start the queue", help="nothing is training: after a reboot the queue needs a new worker"):
+        st.caption(f"{len(queued)} run(s) waiting: one run trains at a time; the next starts by itself.")
+        # A queue that nothing drains (the machine restarted, say) gets a button to restart it.
+        stalled = time.time() - max(float(r.status.get("updated_ts") or 0) for r in queued) > QUEUE_STALLED_S
+        if stalled and not any(r.state == "running" for r in all_runs) and st.button(
+                "Start the queue", help="nothing has picked up the waiting runs; start a worker for them"):
             launch.spawn_worker()
             st.toast("queue worker started")
 

@@ -44,6 +44,11 @@ def same_data(run: runs.RunInfo, data: str | None) -> bool:
     return str(run.config.get("data", "retinamnist")).strip().rstrip("/") == str(data).strip().rstrip("/")
 
 
+def default_data(all_runs: list[runs.RunInfo]) -> str:
+    """The dataset the newest run trained on (what the user works on now), else RetinaMNIST."""
+    return str(all_runs[0].config.get("data") or "retinamnist") if all_runs else "retinamnist"
+
+
 def datasets(all_runs: list[runs.RunInfo], done_only: bool = True) -> list[str]:
     """The data specs that runs were trained on, most used first."""
     specs = [str(r.config.get("data", "retinamnist")) for r in all_runs if not done_only or r.state == "done"]
@@ -154,8 +159,8 @@ def figures(four: dict[str, runs.RunInfo | None], normalize: bool = True) -> dic
                          for k in curves}
             out[f"accuracy_{arch}"] = viz.accuracy_figure(
                 curves, baselines, splits=("train", "test"), title=f"{COLUMN_NAMES[arch]}: accuracy per epoch")
-    matrices = {name: run.summary["test_confusion"] for name, run in done.items() if run.summary.get("test_confusion")}
-    if matrices:
+    matrices = {name: (run.summary.get("test_confusion") if run else None) for name, run in four.items()}
+    if any(m is not None for m in matrices.values()):
         out["confusion"] = viz.confusion_grid(
             matrices, normalize, title="Test confusion matrices (one colour scale)")
     return out

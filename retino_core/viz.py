@@ -260,20 +260,31 @@ def confusion_figure(matrix, normalize: bool = False, title: str = "",
     return fig
 
 
-def confusion_grid(matrices: dict[str, list[list[int]]], normalize: bool = True,
+def confusion_grid(matrices: dict[str, list[list[int]] | None], normalize: bool = True,
                    title: str = "") -> go.Figure:
-    """Several confusion matrices side by side on ONE colour scale, so shades compare."""
+    """Several confusion matrices side by side on ONE colour scale, so shades compare.
+
+    A ``None`` matrix keeps its place, marked "not trained", so the layout never shifts.
+    """
     n = max(len(matrices), 1)
     fig = make_subplots(rows=1, cols=n, subplot_titles=list(matrices), horizontal_spacing=0.04)
-    values = {k: row_shares(m) if normalize else np.asarray(m, dtype=float) for k, m in matrices.items()}
-    top = 1.0 if normalize else max([float(v.max()) for v in values.values()] + [1.0])
+    values = {k: (row_shares(m) if normalize else np.asarray(m, dtype=float)) if m is not None else None
+              for k, m in matrices.items()}
+    top = 1.0 if normalize else max([float(v.max()) for v in values.values() if v is not None] + [1.0])
     for i, (label, v) in enumerate(values.items(), start=1):
-        text = [[f"{x:.0%}" if normalize else f"{int(x)}" for x in row] for row in v]
-        fig.add_heatmap(z=v, x=list(GRADE_NAMES), y=list(GRADE_NAMES), coloraxis="coloraxis", text=text,
-                        texttemplate="%{text}", hovertext=_hover(matrices[label]), hoverinfo="text",
-                        row=1, col=i)
-        fig.update_xaxes(title="predicted", row=1, col=i, tickangle=-45)
-        fig.update_yaxes(autorange="reversed", showticklabels=i == 1, row=1, col=i,
+        if v is None:
+            v = np.full((NUM_CLASSES, NUM_CLASSES), np.nan)
+            fig.add_annotation(text="not trained", showarrow=False, font=dict(color=BASELINE_COLOUR),
+                               xref=f"x{i if i > 1 else ''}", yref=f"y{i if i > 1 else ''}", x=2, y=2)
+        text = [["" if np.isnan(x) else f"{x:.0%}" if normalize else f"{int(x)}" for x in row] for row in v]
+        hover = _hover(matrices[label]) if matrices[label] is not None else None
+        fig.add_heatmap(z=v, x=list(range(NUM_CLASSES)), y=list(range(NUM_CLASSES)), coloraxis="coloraxis",
+                        text=text, texttemplate="%{text}", hovertext=hover,
+                        hoverinfo="text" if hover else "skip", row=1, col=i)
+        fig.update_xaxes(title="predicted", row=1, col=i, tickangle=-45, tickmode="array",
+                         tickvals=list(range(NUM_CLASSES)), ticktext=list(GRADE_NAMES), range=[-0.5, 4.5])
+        fig.update_yaxes(row=1, col=i, tickmode="array", tickvals=list(range(NUM_CLASSES)),
+                         ticktext=list(GRADE_NAMES), showticklabels=i == 1, range=[4.5, -0.5],
                          title="true grade" if i == 1 else None)
     fig.update_layout(coloraxis=dict(colorscale=CONFUSION_SCALE, cmin=0, cmax=top,
                                      colorbar=dict(title="share of row" if normalize else "images",
