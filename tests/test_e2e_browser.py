@@ -1,0 +1,177 @@
+"""End to end in a real headless Chromium: `streamlit run streamlit_app.py`, train a tiny run
+from the browser, watch the live chart gain points, grade an upload, screenshot every page.
+
+Screenshots go to artifacts/test-screens/. Needs Debian's chromium (/usr/bin/chromium) and
+Playwright's Python package; outside CI the test skips when the browser is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import fundus_image, jpeg_bytes, write_tiny_npz
+from retino_core import launch, runs
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = ROOT / "artifacts" / "test-screens"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Generous bounds: the machine may be busy with other training jobs.
+SERVER_START_S, TRAIN_S, UI_S = 90, 300, 60
+
+if not CHROMIUM.exists() and not IN_CI:
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium); CI installs it and runs this test",
+                allow_module_level=True)
+if not IN_CI:
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=UI_S * 1000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    """The app on a free localhost port over an empty runs folder; stopped with its runs after."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, runs_dir
+    finally:
+        for run in runs.list_runs(runs_dir):  # trainers live in their own sessions: stop them by name
+            if run.state in runs.ACTIVE_STATES:
+                launch.stop(run.run_id, runs_dir)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(5)
+        log.close()
+
+
+@pytest.fixture
+def page():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.set_default_timeout(UI_S * 1000)
+        yield tab
+        browser.close()
+
+
+def open_page(page: Page, url: str, heading: str) -> None:
+    page.goto(url)
+    expect(page.get_by_role("heading", name=heading, exact=False).first).to_be_visible()
+
+
+def screenshot(page: Page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its own container, so grow the viewport first."""
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1000)  # let charts finish drawing
+    height = page.evaluate("document.querySelector('[data-testid=stMainBlockContainer]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(int(height) + 150, 8000)})
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SCREENS / f"{name}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def chart_points(page: Page) -> int:
+    return page.evaluate("document.querySelectorAll('.stPlotlyChart .scatterlayer .point').length")
+
+
+def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> None:
+    url, runs_dir = app
+    open_page(page, url, "retino")
+    expect(page.get_by_text("not trained on this dataset yet").first).to_be_visible()
+    screenshot(page, "overview-empty")
+
+    # Start a tiny run from the Train form (RetinaMNIST's first images, so evaluation is quick).
+    data = write_tiny_npz(tmp_path / "tiny.npz")
+    open_page(page, f"{url}/train", "Train")
+    page.get_by_role("textbox", name="Dataset").fill(str(data))
+    for label, value in (("Epochs", "2"), ("Batch size", "8"), ("Image size (px)", "32")):
+        page.get_by_role("spinbutton", name=label, exact=True).fill(value)
+    page.get_by_text("More", exact=True).click()
+    page.get_by_role("spinbutton", name="Max steps per epoch (0 = all)").fill("6")
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.get_by_text("Queued ").first).to_be_visible()
+    (run,) = runs.list_runs(runs_dir)
+    assert run.config["epochs"] == 2 and run.config["image_size"] == 32 and run.config["data"] == str(data)
+    screenshot(page, "train")
+
+    # The Live page polls the run folder: its charts gain points while the run trains.
+    open_page(page, f"{url}/live", "Live")
+    seen = [chart_points(page)]
+    deadline = time.monotonic() + TRAIN_S
+    while runs.read_status(run.path)["state"] in runs.ACTIVE_STATES and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        seen.append(chart_points(page))
+        if seen[-1] > seen[0] and len(seen) % 6 == 0:
+            screenshot(page, "live-training")
+    status = runs.read_status(run.path)
+    assert status["state"] == "done", f"the run ended {status['state']}: {status.get('error')}"
+    expect(page.locator(".stPlotlyChart")).to_have_count(2)  # loss, and accuracy once an epoch ended
+    page.wait_for_timeout(2500)
+    seen.append(chart_points(page))
+    assert max(seen) > min(seen), f"the live charts never gained points: {seen}"
+    screenshot(page, "live")
+
+    open_page(page, f"{url}/results", "Results")
+    expect(page.get_by_text("Per grade")).to_be_visible()
+    expect(page.locator(".stPlotlyChart")).to_have_count(1)
+    screenshot(page, "results")
+
+    # Grade an upload (and refuse a file that is not an image, without crashing).
+    photo, bogus = tmp_path / "eye.jpg", tmp_path / "notes.png"
+    photo.write_bytes(jpeg_bytes(fundus_image(96)))
+    bogus.write_text("not an image")
+    open_page(page, f"{url}/classify", "Classify")
+    page.locator("input[type=file]").set_input_files([str(photo), str(bogus)])
+    expect(page.get_by_text("predicted grade").first).to_be_visible()
+    expect(page.get_by_text("not a recognised image file").first).to_be_visible()
+    expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
+    screenshot(page, "classify")
+
+    open_page(page, f"{url}/compare", "Compare")
+    expect(page.get_by_text("Test accuracy", exact=True)).to_be_visible()
+    screenshot(page, "compare")
+    open_page(page, url, "retino")
+    expect(page.get_by_text("test accuracy").first).to_be_visible()
+    screenshot(page, "overview")
