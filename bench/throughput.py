@@ -311,6 +311,8 @@ def markdown(res: dict) -> str:
             f"| {_fmt(b['peak_gpu_gb'], '.1f')} / {_fmt(c['peak_gpu_gb'], '.1f')} "
             f"| {_fmt(r['lab_sweep_h'], '.2f')} | {_fmt(r['trainer_sweep_min'], '.1f')} |")
     s = res["sweep"]
+    for arch, err in res.get("errors", {}).items():
+        lines.append(f"\n{arch}: FAILED: {err}")
     for arch, r in res["archs"].items():
         if r["compile_saves_s_per_config"] is not None:
             lines.append(f"\n{arch}: compiling saves {r['compile_saves_s_per_config']:.0f} s of training per lab "
@@ -359,34 +361,15 @@ def main(argv: list[str] | None = None) -> int:
            "cpus": os.cpu_count(), "image_size": args.image_size, "batch_size": args.batch_size,
            "steps": args.steps, "epochs": args.epochs, "data": str(data),
            "splits": {k: len(s) for k, s in source.splits.items()}, "archs": {}}
+    res["errors"] = {}
     for arch in args.archs:
-        print(f"{arch}: (a) lab loop", file=sys.stderr)
-        lab = lab_loop(arch, source, device, args.image_size, args.steps)
-        gc.collect()
-        print(f"{arch}: (b) trainer end to end", file=sys.stderr)
-        trainer = trainer_run(arch, data, source, device, args, work / "runs")
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        print(f"{arch}: (c) model alone{' compiled' if args.compile else ''}", file=sys.stderr)
-        model = model_alone(arch, device, args, args.compile)
-        # Does compiling pay? The eager model alone, and the time it would lose per configuration.
-        eager = model_alone(arch, device, args, False) if args.compile else model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        saved = LAB_EPOCHS * LAB_TRAIN * 0.9 * (1 / eager["train_img_s"] - 1 / model["train_img_s"])
-        res["archs"][arch] = {
-            "lab": lab, "trainer": trainer, "model": model, "model_eager": eager,
-            "compile_saves_s_per_config": saved if args.compile else None,
-            "compile_costs_s_per_config": max(trainer["first_epoch_extra_s"], 0.0) if args.compile else None,
-            "b_over_a": trainer["train_img_s"] / lab["train_img_s"],
-            "b_over_c": trainer["train_img_s"] / model["train_img_s"],
-            "lab_sweep_h": lab_sweep_hours(lab),
-            "trainer_sweep_min": trainer_sweep_minutes(trainer, args.batch_size),
-        }
-        print(f"{arch}: a {lab['train_img_s']:,.0f}  b {trainer['train_img_s']:,.0f}  "
-              f"c {model['train_img_s']:,.0f} img/s", file=sys.stderr)
+        try:
+            res["archs"][arch] = measure_arch(arch, data, source, device, args, work)
+        except Exception as err:  # noqa: BLE001 - one arch failing must not lose the other's numbers
+            import traceback
+
+            res["errors"][arch] = f"{type(err).__name__}: {err}"
+            traceback.print_exc()
         if args.out:  # after each arch, so a cut-off run still leaves its numbers
             _write(args.out, res)
     archs = res["archs"].values()
@@ -394,13 +377,45 @@ def main(argv: list[str] | None = None) -> int:
     trainer_min = sum(r["trainer_sweep_min"] for r in archs)
     res["sweep"] = {"lab_hours": sum(r["lab_sweep_h"] for r in archs), "trainer_minutes": trainer_min,
                     "complete": all_four, "goal_met": all_four and trainer_min <= GOAL_SWEEP_MIN}
-    res["b_over_c_goal_met"] = all(r["b_over_c"] >= GOAL_B_OVER_C for r in archs)
+    res["b_over_c_goal_met"] = bool(archs) and not res["errors"] and all(r["b_over_c"] >= GOAL_B_OVER_C for r in archs)
     res["wall_s"] = time.perf_counter() - t0
     report = markdown(res)
     print(report)
     if args.out:
         _write(args.out, res, report)
-    return 0
+    return 1 if res["errors"] else 0
+
+
+def measure_arch(arch: str, data: Path, source, device: torch.device, args, work: Path) -> dict:
+    """(a), (b) and (c) for one arch, with the ratios and the sweep extrapolated."""
+    cuda = device.type == "cuda"
+    print(f"{arch}: (a) lab loop", file=sys.stderr)
+    lab = lab_loop(arch, source, device, args.image_size, args.steps)
+    gc.collect()
+    print(f"{arch}: (b) trainer end to end", file=sys.stderr)
+    trainer = trainer_run(arch, data, source, device, args, work / "runs")
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    print(f"{arch}: (c) model alone{' compiled' if args.compile else ''}", file=sys.stderr)
+    model = model_alone(arch, device, args, args.compile)
+    # Does compiling pay? The eager model alone, and the time it would lose per configuration.
+    eager = model_alone(arch, device, args, False) if args.compile else model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    saved = LAB_EPOCHS * LAB_TRAIN * 0.9 * (1 / eager["train_img_s"] - 1 / model["train_img_s"])
+    print(f"{arch}: a {lab['train_img_s']:,.0f}  b {trainer['train_img_s']:,.0f}  "
+          f"c {model['train_img_s']:,.0f} img/s", file=sys.stderr)
+    return {
+        "lab": lab, "trainer": trainer, "model": model, "model_eager": eager,
+        "compile_saves_s_per_config": saved if args.compile else None,
+        "compile_costs_s_per_config": max(trainer["first_epoch_extra_s"], 0.0) if args.compile else None,
+        "b_over_a": trainer["train_img_s"] / lab["train_img_s"],
+        "b_over_c": trainer["train_img_s"] / model["train_img_s"],
+        "lab_sweep_h": lab_sweep_hours(lab),
+        "trainer_sweep_min": trainer_sweep_minutes(trainer, args.batch_size),
+    }
 
 
 def _write(out: Path, res: dict, report: str | None = None) -> None:
