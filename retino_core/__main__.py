@@ -10,7 +10,7 @@ from pathlib import Path
 from . import runs
 from .config import ARCHS, AUGMENTS, DEVICES, LOSSES, OPTIMIZERS, PREPROCESS, PRESETS, SAMPLERS, SCHEDULERS, SELECT_METRICS, ConfigError, make_config
 from .data import DataError, ImageError
-from .errors import Interrupted, TrainingFailed
+from .errors import CheckpointError, Interrupted, TrainingFailed, WeightsError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -212,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # bench/throughput.py parses its own options
         return cmd_bench(argv[1:])
     args = get_args_parser().parse_args(argv)
-    from .models import WeightsError
-    from .predict import CheckpointError
 
     try:
         return COMMANDS[args.command](args)

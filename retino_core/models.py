@@ -8,6 +8,7 @@ is used; when neither works, the error names the exact file and folder.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,10 +19,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .config import ARCHS, NUM_CLASSES
-
-
-class WeightsError(RuntimeError):
-    """Pretrained or local weights that cannot be had or do not fit."""
+from .errors import WeightsError, refused_load  # torch-free: the CLI and the worker catch it
 
 
 @dataclass(frozen=True)
@@ -59,11 +57,12 @@ def imagenet_state_dict(arch: str, progress: bool = False) -> dict[str, torch.Te
         raise WeightsError(_missing_weights_message(arch, "RETINO_OFFLINE is set"))
     try:
         # torchvision's path: reads the cached file, or downloads it there (hash checked).
-        return weights.get_state_dict(progress=progress, check_hash=True)
-    except (URLError, OSError, TimeoutError, RuntimeError) as err:
-        if target.exists() and target.stat().st_size > 0 and isinstance(err, RuntimeError):
+        # weights_only: a file in a shared cache is not trusted to run code when unpickled.
+        return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+    except (URLError, OSError, TimeoutError, RuntimeError, pickle.UnpicklingError) as err:
+        if target.exists() and target.stat().st_size > 0 and isinstance(err, (RuntimeError, pickle.UnpicklingError)):
             raise WeightsError(
-                f"the cached ImageNet weights {target} could not be loaded ({err}); delete the "
+                f"the cached ImageNet weights {target} could not be loaded ({refused_load(err)}); delete the "
                 f"file and retry online, or replace it with a fresh copy of {weights.url}"
             ) from None
         raise WeightsError(_missing_weights_message(arch, str(err))) from None
@@ -88,7 +87,7 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise WeightsError(f"{path} is not a loadable state dict ({type(err).__name__}: {err})") from None
+        raise WeightsError(f"{path} is not a loadable state dict ({refused_load(err)})") from None
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict of tensors")

@@ -14,13 +14,10 @@ from PIL import Image
 from . import runs
 from .config import GRADE_NAMES, NUM_CLASSES
 from .data import load_image
+from .errors import CheckpointError, refused_load  # torch-free: the CLI and the worker catch it
 from .metrics import softmax
 from .models import build_model, grad_cam_layer
 from .transforms import build_eval_transform, tta_views
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or not one this project wrote."""
 
 
 @dataclass
@@ -55,7 +52,7 @@ class Predictor:
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
         except Exception as err:  # noqa: BLE001 - any failure here is 'not our checkpoint'
-            raise CheckpointError(f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})") from None
+            raise CheckpointError(f"{path} is not a loadable checkpoint ({refused_load(err)})") from None
         if not isinstance(ck, dict) or "model" not in ck or "preprocessing" not in ck:
             raise CheckpointError(f"{path} is not a retino checkpoint (no model / preprocessing)")
         model = build_model(ck["arch"], ck.get("num_classes", NUM_CLASSES))

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from . import distributed, gpu_data, runs
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
-from .errors import Interrupted, TrainingFailed
+from .errors import CheckpointError, Interrupted, TrainingFailed, refused_load
 from .data import DataSource, SplitDataset, open_source
 from .metrics import classification_metrics, expected_calibration_error, fit_temperature, majority_baseline, softmax
 from .models import build_model
@@ -392,7 +392,11 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if resume:
         if not last_path.exists():
             raise TrainingFailed(f"cannot resume: {last_path} does not exist (no epoch finished yet)")
-        ck = torch.load(last_path, map_location=device, weights_only=True)
+        try:
+            ck = torch.load(last_path, map_location=device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a planted or damaged file: say so, run nothing
+            raise CheckpointError(f"cannot resume: {last_path} is not a loadable checkpoint "
+                                  f"({refused_load(err)})") from None
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
