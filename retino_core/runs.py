@@ -52,7 +52,8 @@ def slugify(name: str) -> str:
 
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a plain folder name, else raise RunError naming it."""
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or ".." in run_id:
+    # fullmatch, not match: '$' would let a trailing newline through.
+    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
         raise RunError(
             f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only "
             "(no path separators, no '..')"
@@ -215,7 +216,8 @@ def read_status(run_dir: Path) -> dict:
         if dead or time.time() - beat > HEARTBEAT_TIMEOUT_S:
             status["state"] = "interrupted"
             status["stale"] = True
-            status.setdefault("error", "the trainer stopped without saying why (killed?)")
+            # not setdefault: a running trainer's status holds "error": null
+            status["error"] = status.get("error") or "the trainer stopped without saying why (killed?)"
     return status
 
 
