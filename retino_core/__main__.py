@@ -1,4 +1,4 @@
-"""The command line: ``python -m retino_core {train,sweep,predict,runs,worker,bench}``."""
+"""The command line: ``python -m retino_core {train,sweep,predict,runs,worker,validate,bench}``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="table of runs with state and headline metrics")
     p.add_argument("--runs-dir", type=Path)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("validate", help="check a dataset: CSVs, labels and every image file")
+    p.add_argument("data", help="'retinamnist', a lab folder, a labels .csv or an .npz")
+    p.add_argument("--deep", action="store_true",
+                   help="decode every image in full (finds truncated files; minutes for 35k photos)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
 
     p = sub.add_parser("worker", help="train queued runs one at a time (started by the app)")
     p.add_argument("--runs-dir", type=Path)
@@ -185,6 +191,22 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .data import check_images, open_source
+
+    source = open_source(args.data, args.val_fraction)
+    for name, split in source.splits.items():
+        if split.paths is not None:
+            check_images(split.paths, f"the {name} split", deep=args.deep)
+    counts = ", ".join(f"{name} {len(split):,}" for name, split in source.splits.items())
+    checked = "every image decoded" if args.deep else "every image header read; --deep decodes them"
+    print(f"{source.name}: ok ({counts}; {checked})" if source.kind != "retinamnist"
+          else f"{source.name}: ok ({counts})")
+    for note in source.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_worker(args) -> int:
     from . import launch
 
@@ -193,7 +215,7 @@ def cmd_worker(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "runs": cmd_runs,
-            "worker": cmd_worker}
+            "worker": cmd_worker, "validate": cmd_validate}
 
 
 def cmd_bench(argv: list[str]) -> int:
