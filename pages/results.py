@@ -73,7 +73,8 @@ with left:
     chart_key = f"confusion-{run.run_id}-{split}-{normalize}"
     selected = (st.session_state.get("cell_true"), st.session_state.get("cell_pred"))
     st.plotly_chart(viz.confusion_figure(s["confusion"], normalize, selected=selected), key=chart_key,
-                    on_select=lambda: pick_cell(chart_key), selection_mode="points", width="content")
+                    on_select=lambda: pick_cell(chart_key), selection_mode="points", width="content",
+                    config={"displayModeBar": False})
     st.caption("Hover a square for its count and row share; click it to see those images below.")
 with right:
     per_grade = pd.DataFrame({"precision": s.get("precision"), "recall": s.get("recall"),
@@ -96,7 +97,7 @@ if preds is None:
     st.stop()
 cell = preds[(preds["split"] == split) & (preds["label"] == true_grade) & (preds["pred"] == pred_grade)]
 if cell.empty:
-    st.info(f"No {split} image of grade {GRADE_NAMES[true_grade]} was predicted {GRADE_NAMES[pred_grade]}. "
+    st.info(f"No {split} image is true {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}. "
             "Click another square.")
     st.stop()
 try:
@@ -106,6 +107,7 @@ try:
 except (DataError, ImageError, KeyError, IndexError) as err:
     st.warning(f"The images of this run's dataset cannot be shown: {err}")
     st.stop()
-st.caption(f"{len(cell)} image(s); showing {len(images)}. Caption: name, P(predicted grade).")
+st.caption(f"True {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}: {len(cell)} {split} image(s), "
+           f"showing {len(images)}. Under each: its name and P({GRADE_NAMES[pred_grade]}).")
 st.image(images, width=112, caption=[f"{row['name']} · {row[f'p{pred_grade}']:.0%}"
                                      for _, row in cell.head(GALLERY_SIZE).iterrows()])

@@ -247,3 +247,22 @@ def test_classify_several_images_gives_a_table(real_run: Path) -> None:
     table = at.dataframe[0].value
     assert list(table["image"]) == ["eye0.jpg", "eye1.jpg", "eye2.jpg"]
     assert at.get("download_button")
+
+
+def test_classify_ensembles_several_models(real_run: Path, runs_dir: Path) -> None:
+    twin = shutil.copytree(real_run, runs_dir / f"{real_run.name}-twin")
+    at = open_page("classify")
+    at.multiselect[0].set_value([real_run.name, twin.name])
+    at.checkbox[0].check()  # the bundled sample photo
+    at.toggle(key="tta").set_value(True)
+    at.run()
+    assert not at.exception
+    assert any(m.label.startswith("Ensemble") for m in at.metric)
+    assert "The models agree" in at.success[0].value  # the same weights twice
+    assert len(at.get("plotly_chart")) == 3  # the ensemble's bars and each model's
+
+
+def test_live_of_a_real_run(real_run: Path) -> None:
+    at = open_page("live")
+    assert at.multiselect[0].value == [real_run.name]
+    assert len(at.get("plotly_chart")) == 2

@@ -8,12 +8,14 @@ Playwright's Python package; outside CI the test skips when the browser is missi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -153,9 +155,13 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
     assert max(seen) > min(seen), f"the live charts never gained points: {seen}"
     screenshot(page, "live")
 
+    # Clicking a square of the confusion matrix picks that cell for the gallery.
     open_page(page, f"{url}/results", "Results")
     expect(page.get_by_text("Per grade")).to_be_visible()
-    expect(page.locator(".stPlotlyChart")).to_have_count(1)
+    squares = page.locator(".stPlotlyChart .scatterlayer .point")
+    expect(squares).to_have_count(25)
+    squares.nth(3 * 5 + 1).click(force=True)  # plotly hit-tests clicks on its drag layer: true Severe, predicted Mild
+    expect(page.get_by_text(re.compile("true Severe, predicted Mild", re.IGNORECASE))).to_be_visible()
     screenshot(page, "results")
 
     # Grade an upload (and refuse a file that is not an image, without crashing).
@@ -171,6 +177,10 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
 
     open_page(page, f"{url}/compare", "Compare")
     expect(page.get_by_text("Test accuracy", exact=True)).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the comparison report").click()
+    with zipfile.ZipFile(download.value.path()) as report:
+        assert {"report.md", "report.html", "comparison.csv"} <= set(report.namelist())
     screenshot(page, "compare")
     open_page(page, url, "retino")
     expect(page.get_by_text("test accuracy").first).to_be_visible()
