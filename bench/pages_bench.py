@@ -1,0 +1,202 @@
+"""Dashboard speed with 20 runs in the registry: how long each page takes to render, and how
+soon a metric written by a running trainer shows on the Live page. Prints the figures.
+
+    .venv/bin/python bench/pages_bench.py [--repeats 5] [--samples 10] [--no-browser]
+
+Two measures of a page: the server's script run (AppTest, warm) and what a user waits for in
+headless Chromium against ``streamlit run`` (navigation until the script has finished and every
+chart and image is drawn; the first visit, which imports the libraries, is shown apart). The registry is
+one real tiny run (so Classify has a model) and 19 synthetic ones of 30 epochs each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from app_fixtures import write_run  # noqa: E402
+from retino_core import runs  # noqa: E402
+
+# Each page and the charts it draws with this registry.
+PAGES = {"overview": 1, "train": 0, "live": 2, "results": 1, "classify": 0, "compare": 3}
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LIVE_STEPS = 1000
+
+
+def make_registry(runs_dir: Path) -> Path:
+    """20 runs: 1 real, 16 done, 1 running (this process), 1 queued, 1 failed. Returns the running one."""
+    subprocess.run([sys.executable, "-m", "retino_core", "train", "--data", "retinamnist", "--epochs", "1",
+                    "--image-size", "32", "--batch-size", "16", "--max-steps-per-epoch", "3", "--num-workers", "0",
+                    "--runs-dir", str(runs_dir), "--name", "bench-real", "--quiet"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    four = [("resnet18", True), ("resnet50", True), ("resnet18", False), ("resnet50", False)]
+    for i in range(16):
+        arch, pretrained = four[i % 4]
+        write_run(runs_dir, arch, pretrained, epochs=30, steps=17, rows_per_epoch=8, seed=i,
+                  skill=0.0 if i % 7 == 3 else 1.0 + 0.5 * pretrained)
+    write_run(runs_dir, "resnet50", True, state="queued", epochs=30)
+    write_run(runs_dir, "resnet50", False, state="failed", epochs=30)
+    running = write_run(runs_dir, "resnet18", True, state="running", epochs=30, steps=17, rows_per_epoch=8)
+    runs.write_status(running, "running", pid=os.getpid(), heartbeat_ts=time.time())
+    assert len(runs.list_runs(runs_dir)) == 20
+    return running
+
+
+def summary(times: list[float]) -> str:
+    return f"median {statistics.median(times):.2f} s  max {max(times):.2f} s  (n={len(times)})"
+
+
+def bench_apptest(repeats: int) -> dict[str, list[float]]:
+    from streamlit.testing.v1 import AppTest
+
+    out = {}
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300).run()
+    for page in PAGES:
+        at.switch_page(f"pages/{page}.py").run()  # warm-up: imports, caches
+        assert not at.exception, at.exception[0].value
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            at.run()
+            times.append(time.perf_counter() - t0)
+        out[page] = times
+    at.switch_page("pages/classify.py").run()
+    at.checkbox[0].check().run()  # the bundled sample: load the model, grade, Grad-CAM
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t0)
+    assert any("predicted grade" in m.label for m in at.metric)
+    out["classify + sample photo"] = times
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit(f"streamlit did not start; see {log}")
+
+
+# Rendered: the script has finished, and every chart and image on the page is drawn.
+RENDERED = """(charts_expected) => {
+  const app = document.querySelector('[data-test-script-state]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning' || !document.querySelector('h1')) return false;
+  const charts = [...document.querySelectorAll('.stPlotlyChart')];
+  const images = [...document.querySelectorAll('[data-testid=stMain] img')];
+  return charts.length >= charts_expected && charts.every(c => c.querySelector('.main-svg'))
+    && images.every(i => i.complete);
+}"""
+
+
+def page_load(page, url: str, charts: int) -> float:
+    """Seconds from navigation until the page is rendered (see RENDERED)."""
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(RENDERED, arg=charts, polling=20, timeout=60_000)
+    return time.perf_counter() - t0
+
+
+def bench_browser(runs_dir: Path, running: Path, repeats: int, samples: int, log: Path):
+    from playwright.sync_api import sync_playwright
+
+    server, url = start_server(runs_dir, log)
+    loads: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
+    latencies: list[float] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for name, charts in PAGES.items():
+                target = url if name == "overview" else f"{url}/{name}"
+                first[name] = page_load(page, target, charts)
+                loads[name] = [page_load(page, target, charts) for _ in range(repeats)]
+
+            # Latency: append a step row as the trainer does, wait until the Live page shows it.
+            page_load(page, f"{url}/live", PAGES["live"])
+            epoch = 16
+            for k in range(1, samples + 1):
+                time.sleep(random.uniform(0.3, 1.3))  # land anywhere in the 1 s polling cycle
+                runs.append_jsonl(running / "metrics.jsonl", [{
+                    "kind": "step", "epoch": epoch, "step": k, "steps": LIVE_STEPS,
+                    "global_step": (epoch - 1) * LIVE_STEPS + k, "train_loss": 1.0 - k / 1000,
+                    "train_acc": 0.5, "lr": 1e-3, "images_per_s": 250.0, "time": time.time()}])
+                t0 = time.perf_counter()
+                runs.write_status(running, "running", heartbeat_ts=time.time())
+                page.wait_for_function(f"document.body.innerText.includes('step {k}/{LIVE_STEPS}')",
+                                       polling=20, timeout=30_000)
+                latencies.append(time.perf_counter() - t0)
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(15)
+    return first, loads, latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="warm renders per page")
+    parser.add_argument("--samples", type=int, default=10, help="metrics written for the latency")
+    parser.add_argument("--no-browser", action="store_true", help="AppTest timings only")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="retino-bench-") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        runs_dir.mkdir()
+        print("building a registry of 20 runs (one really trained)...", flush=True)
+        running = make_registry(runs_dir)
+        os.environ["RETINO_RUNS_DIR"] = str(runs_dir)
+        print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
+
+        print("Server-side script run per page (AppTest, warm):")
+        for page, times in bench_apptest(args.repeats).items():
+            print(f"  {page:24s} {summary(times)}")
+        if args.no_browser:
+            return 0
+        first, loads, latencies = bench_browser(runs_dir, running, args.repeats, args.samples,
+                                                Path(tmp) / "streamlit.log")
+        print("\nPage load in headless Chromium (navigation -> script finished, charts and images drawn):")
+        for page in PAGES:
+            print(f"  {page:24s} {summary(loads[page])}   first visit {first[page]:.2f} s")
+        print("\nLive page: metric row appended -> shown in the browser:")
+        print(f"  {summary(latencies)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
