@@ -120,6 +120,10 @@ def chart_points(page: Page) -> int:
 
 def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> None:
     url, runs_dir = app
+    # A deep link as the first request of a fresh server still gets the app's navigation.
+    open_page(page, f"{url}/live", "Live")
+    expect(page.get_by_text("Nothing to watch yet")).to_be_visible()
+    expect(page.get_by_role("link", name="Overview", exact=True)).to_be_visible()  # legacy mode: "overview"
     open_page(page, url, "retino")
     expect(page.get_by_text("not trained on this dataset yet").first).to_be_visible()
     screenshot(page, "overview-empty")
