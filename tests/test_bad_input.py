@@ -268,6 +268,30 @@ def test_csv_case_through_cli_train_and_validate(case, lab: Path, runs_dir: Path
     assert not any(runs_dir.iterdir())
 
 
+def test_csv_cases_through_the_train_page(tmp_path: Path, runs_dir: Path, monkeypatch) -> None:
+    """The Train form checks the dataset before queueing; a bad one is named, nothing is queued."""
+    from retino_core import launch
+
+    monkeypatch.setattr(launch, "spawn_worker", lambda runs_dir=None: 0)
+    at = AppTest.from_file(str(APP), default_timeout=300).run()
+    at.switch_page("pages/train.py").run()
+    for i, case in enumerate(CSV_CASES):
+        lab = write_lab_folder(tmp_path / f"lab{i}", n_train=20, n_test=6)
+        for name, data in case.files(*_lab_csvs(lab)).items():
+            (lab / name).write_bytes(data)
+        next(t for t in at.text_input if t.label == "Dataset").set_value(str(lab))
+        next(b for b in at.button if b.label == "Start").click().run()
+        assert not at.exception, case.name
+        if case.expect == "accept":
+            assert any(str(m.value).startswith("Queued") for m in at.success), case.name
+        else:
+            [error] = [e.value for e in at.error]
+            assert error.startswith("Not started: ") and case.match in error, (case.name, error)
+            assert_clean(error)
+    queued = runs.list_runs(runs_dir)
+    assert len(queued) == sum(c.expect == "accept" for c in CSV_CASES)
+
+
 def test_labels_csv_with_bad_rows(tmp_path: Path) -> None:
     """The other dataset layout (image,level with a header) goes through the same checks."""
     lab = write_lab_folder(tmp_path / "lab", n_train=20, n_test=0, subdir="train_images")

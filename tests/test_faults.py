@@ -81,7 +81,7 @@ def _mid_epoch_after_a_checkpoint(run_dir: Path):
 
 
 def test_sigkill_mid_epoch_reads_interrupted_and_resume_continues(tmp_path: Path, runs_dir: Path) -> None:
-    npz = write_tiny_npz(tmp_path / "tiny.npz", n_train=48, n_val=16, n_test=16)
+    npz = write_tiny_npz(tmp_path / "tiny.npz", n_train=64, n_val=16, n_test=16)  # 8 steps an epoch
     with open(tmp_path / "trainer.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", TRAINER, "train", "--data", str(npz), "--epochs", "2", "--image-size", "32",
