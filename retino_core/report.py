@@ -34,7 +34,9 @@ CONFIGURATIONS = tuple(configuration_name(a, p) for a, p in FOUR)
 def four_configs(preset: str = "cpu", **overrides) -> list[TrainConfig]:
     """One TrainConfig per configuration, identical apart from arch and pretraining."""
     overrides = {k: v for k, v in overrides.items() if k not in ("arch", "pretrained")}
-    return [make_config(preset, arch=a, pretrained=p, **overrides) for a, p in FOUR]
+    name = overrides.pop("name", "")
+    return [make_config(preset, arch=a, pretrained=p, **overrides,
+                        name=f"{name}-{a}-{'pre' if p else 'scratch'}" if name else "") for a, p in FOUR]
 
 
 def same_data(run: runs.RunInfo, data: str | None) -> bool:
