@@ -37,7 +37,8 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, preprocessing: dict, temperature: float = 1.0,
                  arch: str = "", run_id: str = ""):
-        self.model = model.eval()
+        # channels_last: 20-30 % faster than NCHW on the CPU, same numbers (bench/cpu_latency.py).
+        self.model = model.eval().to(memory_format=torch.channels_last)
         self.pre = preprocessing
         self.temperature = float(temperature or 1.0)
         self.arch, self.run_id = arch, run_id
@@ -65,7 +66,7 @@ class Predictor:
         return cls.from_checkpoint(runs.checkpoint_path(run_dir, which), run_dir.name)
 
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(img) for img in images])
+        return torch.stack([self.transform(img) for img in images]).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], tta: bool = False) -> np.ndarray:
