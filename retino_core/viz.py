@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import plotly.graph_objects as go
@@ -144,16 +143,6 @@ def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> P
             eta = max((1 - fraction) * spent / gained - (now - last["time"]), 0.0)
     return Progress(run.state, fraction, int(last.get("epoch") or 0), epochs, int(last.get("step") or 0),
                     int(last.get("steps") or 0), last.get("images_per_s"), eta, last.get("train_loss"))
-
-
-def started_ago(run: RunInfo, now: float | None = None) -> str:
-    """``5 min 12 s ago`` from the status's ISO timestamps, or ``''``."""
-    stamp = run.status.get("started") or run.created
-    try:
-        then = datetime.fromisoformat(stamp).timestamp()
-    except (TypeError, ValueError):
-        return ""
-    return f"{duration((time.time() if now is None else now) - then)} ago"
 
 
 # ---------------------------------------------------------------- curves
