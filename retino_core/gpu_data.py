@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -229,20 +230,55 @@ def _frombytes(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+_SIDE_STREAMS: dict = {}
+
+
+def _nvjpeg(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """decode_jpeg of a list on ``device``, ordered safely against the work already queued.
+
+    torchvision allocates the outputs on the current stream but nvJPEG writes them on a stream
+    of its own, unordered with what is still queued on the current one: a block just freed by
+    that work could be overwritten while a kernel still reads it. Allocating under a side
+    stream, and marking the outputs as used by the compute stream, keeps every use in order.
+    """
+    if device.type != "cuda":
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    compute = torch.cuda.current_stream(device)
+    side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    with torch.cuda.stream(side):
+        out = list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    compute.wait_stream(side)
+    for img in out:
+        img.record_stream(compute)
+    return out
+
+
 def _decode_jpegs(datas: Sequence[bytes], names: Sequence[str], device: torch.device) -> list[torch.Tensor]:
     tensors = [_frombytes(d) for d in datas]
     try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        return _nvjpeg(tensors, device)
     except RuntimeError:
         pass  # find the file at fault, or decode with Pillow what nvJPEG cannot (e.g. CMYK)
     out = []
     for t, data, name in zip(tensors, datas, names):
         try:
-            out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
+            out.append(_nvjpeg([t], device)[0])
+        except RuntimeError as err:
             arr = np.asarray(load_image(data, name), dtype=np.uint8)  # ImageError names a broken file
+            if device.type == "cuda" and not _warned_fallback:
+                _warn_fallback(name, err)
             out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).to(device))
     return out
+
+
+_warned_fallback = False
+
+
+def _warn_fallback(name: str, err: Exception) -> None:
+    global _warned_fallback
+    _warned_fallback = True
+    warnings.warn(f"nvJPEG could not decode {name} ({str(err).splitlines()[0]}); such files are decoded "
+                  "by Pillow in the training process, which is slower", RuntimeWarning, stacklevel=3)
 
 
 def decode_batch(payloads: Sequence[bytes], shapes: Sequence, names: Sequence[str], size: int,
