@@ -214,11 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry["tail"] = _tail(log)
         elif code != 0:
             entry["tail"] = _tail(log)
-        if name == "train" and code == 0:
-            entry["result"] = _check_run(Path(_tail(log, 1).strip()))
-            entry["state"] = "ok" if entry["result"]["complete"] else "failed"
-        if name == "torchrun" and code == 0:
-            folders = sorted(p for p in (args.work / "druns").iterdir() if p.is_dir())
+        if name in ("train", "torchrun") and code == 0:
+            runs_dir = args.work / ("runs" if name == "train" else "druns")
+            folders = sorted(p for p in runs_dir.iterdir() if p.is_dir())  # names start with the time
             entry["result"] = _check_run(folders[-1]) if folders else {"complete": False}
             entry["state"] = "ok" if entry["result"]["complete"] else "failed"
         _write(args.out, report, t0)
