@@ -1,8 +1,6 @@
 """Train: start a run or all four, and stop, resume or delete runs. Runs train in their own
 processes, one at a time; this page only writes requests and reads run folders."""
 
-import time
-
 import pandas as pd
 import streamlit as st
 
@@ -19,8 +17,6 @@ if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see t
 def load_source(spec: str, val_fraction: float, seed: int):
     return open_source(spec, val_fraction, seed)
 
-
-QUEUE_STALLED_S = 30.0
 
 st.title("Train")
 
@@ -96,12 +92,9 @@ def run_table() -> None:
     queued = [r for r in all_runs if r.state == "queued"]
     if queued:
         st.caption(f"{len(queued)} run(s) waiting: one run trains at a time; the next starts by itself.")
-        # A queue that nothing drains (the machine restarted, say) gets a button to restart it.
-        stalled = time.time() - max(float(r.status.get("updated_ts") or 0) for r in queued) > QUEUE_STALLED_S
-        if stalled and not any(r.state == "running" for r in all_runs) and st.button(
-                "Start the queue", help="nothing has picked up the waiting runs; start a worker for them"):
-            launch.spawn_worker()
-            st.toast("queue worker started")
+        # A queue that nothing drains (the machine restarted, say) gets its worker back.
+        if launch.ensure_worker():
+            st.toast("queue worker started for the waiting runs")
 
     by_id = {r.run_id: r for r in all_runs}
     left, mid, right, rest = st.columns([4, 1, 1, 1], vertical_alignment="bottom")

@@ -97,6 +97,21 @@ def spawn_worker(runs_dir: Path | None = None) -> int:
     return proc.pid
 
 
+def worker_active(runs_dir: Path | None = None) -> bool:
+    """True while some worker holds the queue lock (training, or about to)."""
+    with _locked(_base(runs_dir) / WORKER_LOCK, blocking=False) as got:
+        return not got
+
+
+def ensure_worker(runs_dir: Path | None = None) -> bool:
+    """Start a worker when runs are queued and none is active (after a reboot, say)."""
+    base = _base(runs_dir)
+    if next_queued(base) is None or worker_active(base):
+        return False
+    spawn_worker(base)
+    return True
+
+
 def next_queued(runs_dir: Path) -> runs.RunInfo | None:
     """The oldest queued run."""
     queued = [r for r in runs.list_runs(runs_dir) if r.state == "queued"]

@@ -59,3 +59,16 @@ def test_stop_a_queued_run_cancels_it(tiny_npz, runs_dir):
     run, _ = launch.enqueue(cfg.to_dict(), start_worker=False)
     assert launch.stop(run.name) == "interrupted"
     assert launch.worker(runs_dir) == 0
+
+
+def test_ensure_worker_restarts_a_queue_nothing_drains(tiny_npz, runs_dir, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(launch, "spawn_worker", lambda base=None: spawned.append(base) or 0)
+    assert not launch.ensure_worker()  # nothing queued
+    cfg = make_config("cpu", data=str(tiny_npz), image_size=32, batch_size=8, epochs=1)
+    launch.enqueue(cfg.to_dict(), start_worker=False)
+    assert launch.ensure_worker() and len(spawned) == 1
+    with launch._locked(runs_dir / launch.WORKER_LOCK):  # a live worker holds the lock
+        assert launch.worker_active()
+        assert not launch.ensure_worker()
+    assert len(spawned) == 1
