@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +40,7 @@ class Predictor:
                  arch: str = "", run_id: str = ""):
         # channels_last: 20-30 % faster than NCHW on the CPU, same numbers (bench/cpu_latency.py).
         self.model = model.eval().to(memory_format=torch.channels_last)
+        self._cam_lock = threading.Lock()
         self.pre = preprocessing
         self.temperature = float(temperature or 1.0)
         self.arch, self.run_id = arch, run_id
@@ -98,7 +100,11 @@ class Predictor:
         if target is None:
             with torch.no_grad():
                 target = int(self.model(x).argmax(1))
-        cam = LayerGradCam(self.model, grad_cam_layer(self.model)).attribute(x, target=target, relu_attributions=True)
+        # captum hooks the shared model for the call: one explanation at a time per model
+        # (the app serves every browser session from one cached Predictor).
+        with self._cam_lock:
+            cam = LayerGradCam(self.model, grad_cam_layer(self.model)).attribute(
+                x, target=target, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, (image.height, image.width), "bilinear")
         heat = cam.detach()[0, 0].numpy()
         hi = heat.max()

@@ -83,3 +83,21 @@ def test_bad_choices_name_valid_ones(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--arch", "resnet34"])
     assert "resnet18" in capsys.readouterr().err
+
+
+def test_grad_cam_from_two_threads_at_once(finished_run):
+    """The app shares one Predictor between sessions: concurrent explanations stay correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from retino_core.data import load_image
+    from retino_core.predict import Predictor
+
+    predictor = Predictor.from_run(finished_run)
+    image = load_image(SAMPLE_IMAGE).resize((64, 64))
+    alone = predictor.grad_cam(image, target=2)
+    with ThreadPoolExecutor(4) as pool:
+        maps = list(pool.map(lambda t: predictor.grad_cam(image, target=t), [2, 2, 2, 2]))
+    for heat in maps:
+        assert np.allclose(heat, alone, atol=1e-5)
