@@ -9,7 +9,7 @@ ARCHS = ("resnet18", "resnet50")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
 AUGMENTS = ("none", "flip", "strong")
-LOSSES = ("ce", "weighted_ce", "focal")
+LOSSES = ("ce", "weighted_ce", "focal", "ordinal")
 SAMPLERS = ("none", "weighted")
 PREPROCESS = ("none", "crop", "ben_graham")
 SELECT_METRICS = ("acc", "qwk", "auc", "loss")
@@ -49,6 +49,7 @@ class TrainConfig:
     sampler: str = "none"
     select_metric: str = "loss"
     ema: float = 0.0  # decay of an exponential moving average of weights; 0 = off
+    tta: bool = False  # average the flips at final evaluation (val, test, temperature)
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"

@@ -110,11 +110,37 @@ class FocalLoss(nn.Module):
         return ((1 - pt) ** self.gamma * ce).mean()
 
 
+class OrdinalLoss(nn.Module):
+    """CORAL's loss (Cao et al. 2020) on the 5-way softmax: binary cross-entropy of
+    P(grade > k) = sum of p_j over j > k, for k = 0..3.
+
+    A miss by three grades fails three of the four binary tasks, a miss by one fails one.
+    The cumulative probabilities come from the softmax, so they are rank-consistent by
+    construction and the head stays five logits: metrics, predictions.csv, temperature
+    scaling and the Predictor read ``softmax(logits)`` as for any other loss.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, 1)
+        log_above = torch.logcumsumexp(logp.flip(1), 1).flip(1)[:, 1:]  # log P(grade > k)
+        log_at_most = torch.logcumsumexp(logp, 1)[:, :-1]  # log P(grade <= k)
+        ks = torch.arange(logits.shape[1] - 1, device=logits.device)
+        t = (target[:, None] > ks).float()
+        t = t * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+        return -(t * log_above + (1 - t) * log_at_most).sum(1).mean()
+
+
 def build_loss(cfg: TrainConfig, train_labels: np.ndarray) -> nn.Module:
     counts = np.maximum(np.bincount(train_labels, minlength=NUM_CLASSES), 1).astype(np.float64)
     weight = torch.tensor(len(train_labels) / (NUM_CLASSES * counts), dtype=torch.float32)
     if cfg.loss == "focal":
         return FocalLoss(2.0, None, cfg.label_smoothing)
+    if cfg.loss == "ordinal":
+        return OrdinalLoss(cfg.label_smoothing)
     return nn.CrossEntropyLoss(weight=weight if cfg.loss == "weighted_ce" else None,
                                label_smoothing=cfg.label_smoothing)
 
@@ -387,8 +413,10 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     ema = None
     if cfg.ema:
+        # use_buffers: average the BatchNorm running statistics too; without it the copy
+        # keeps the statistics of the untrained model and evaluates as noise.
         ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema))
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     loss_fn = build_loss(cfg, source.splits["train"].labels).to(device)
     train_model = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
     train_model = torch.compile(train_model) if cfg.compile and device.type == "cuda" else train_model
@@ -483,9 +511,11 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
     model.load_state_dict(ck["model"])
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    logits = {s: predict_logits(model, loaders[s], device, cfg) for s in loaders if s != "train"}
+    # Flip TTA, when on, also feeds the temperature fit: val and test see the same predictor.
+    logits = {s: predict_logits(model, loaders[s], device, cfg, tta=cfg.tta) for s in loaders if s != "train"}
     temperature = fit_temperature(logits["val"][1], logits["val"][0]) if "val" in logits else 1.0
     summary: dict = {"best_epoch": best_epoch, "selected_on": select_split, "temperature": temperature,
+                     "tta": cfg.tta,
                      "arch": cfg.arch, "pretrained": cfg.pretrained, "epochs": cfg.epochs,
                      "data": cfg.data, "data_name": source.name}
     for split, (lg, y) in logits.items():
@@ -495,7 +525,7 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
         summary[f"{split}_ece"] = expected_calibration_error(y, probs)
         summary[f"{split}_ece_calibrated"] = expected_calibration_error(y, softmax(lg, temperature))
     _write_predictions(run_dir, source, logits)
-    ck["temperature"] = temperature
+    ck["temperature"], ck["tta"] = temperature, cfg.tta
     save_checkpoint(ck, run_dir / "checkpoints" / "best.pt")
     return summary
 
