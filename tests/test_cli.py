@@ -96,8 +96,9 @@ def test_grad_cam_from_two_threads_at_once(finished_run):
 
     predictor = Predictor.from_run(finished_run)
     image = load_image(SAMPLE_IMAGE).resize((64, 64))
-    alone = predictor.grad_cam(image, target=2)
-    with ThreadPoolExecutor(4) as pool:
-        maps = list(pool.map(lambda t: predictor.grad_cam(image, target=t), [2, 2, 2, 2]))
-    for heat in maps:
-        assert np.allclose(heat, alone, atol=1e-5)
+    targets = [0, 1, 2, 3, 4] * 3
+    alone = {t: predictor.grad_cam(image, target=t) for t in range(5)}
+    with ThreadPoolExecutor(5) as pool:
+        maps = list(pool.map(lambda t: predictor.grad_cam(image, target=t), targets))
+    for t, heat in zip(targets, maps):
+        assert np.allclose(heat, alone[t], atol=1e-5), t
