@@ -104,6 +104,7 @@ def test_load_image_on_random_bytes(data: bytes) -> None:
 SEEDS = [c.make() for c in CONVERTED]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the damage it skips
 @settings(max_examples=300, deadline=None)
 @given(seed=st.sampled_from(range(len(SEEDS))),
        edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255), st.sampled_from("sdi")),
