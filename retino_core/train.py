@@ -474,7 +474,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         row["eval_seconds"] = time.monotonic() - t_eval
         row["lr"] = optimizer.param_groups[0]["lr"]
         score = _score(row, select_split, cfg.select_metric)
-        improved = score > best_score
+        improved = score > best_score or best_epoch == 0  # a NaN score still leaves a best.pt
         if improved:
             best_score, best_epoch = score, epoch
             save_checkpoint(_checkpoint(eval_model, cfg, epoch, {"selected_on": select_split}), best_path)

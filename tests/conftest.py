@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from retino_core.data import RETINAMNIST_NPZ
+
+# The suite shares 2 cores between pytest, trainer subprocesses, the app and a browser; OpenMP
+# threads spinning for a core another process holds make each of them many times slower. Set
+# before torch is imported, and inherited by every subprocess a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = dict(image_size=32, batch_size=8, epochs=1, num_workers=0)
 
