@@ -122,8 +122,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         label_smoothing=0.05, select_metric="qwk", ema=0.0, gpu_data=True, compile=True,
     ),
     # RetinaMNIST on a laptop CPU in minutes, from scratch.
-    # Weight EMA and flip TTA each gave RetinaMNIST's test AUC about +0.01 (bench/quality.py);
-    # 24 epochs keep ResNet50 within 5 minutes on 2 cores.
+    # Weight EMA and flip TTA were picked from exploratory ResNet18 runs (not yet a clean
+    # ablation); 24 epochs aim to keep ResNet50 near 5 minutes on 2 idle cores.
     "cpu": dict(
         epochs=24, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=0.05,
         scheduler="cosine", warmup_epochs=1.0, image_size=64, augment="strong",
