@@ -14,21 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app_fixtures import write_run  # noqa: E402
+from appserver import start_app, stop_app  # noqa: E402
 from retino_core import runs  # noqa: E402
 
 # Each page and the charts it draws with this registry.
@@ -94,31 +92,6 @@ def bench_apptest(repeats: int) -> dict[str, list[float]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(runs_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit(f"streamlit did not start; see {log}")
-
-
 # Rendered: the script has finished, and every chart and image on the page is drawn.
 RENDERED = """(charts_expected) => {
   const app = document.querySelector('[data-test-script-state]');
@@ -141,7 +114,8 @@ def page_load(page, url: str, charts: int) -> float:
 def bench_browser(runs_dir: Path, running: Path, repeats: int, samples: int, log: Path):
     from playwright.sync_api import sync_playwright
 
-    server, url = start_server(runs_dir, log)
+    log_file = open(log, "wb")
+    server, url = start_app(runs_dir, log_file, 90)
     loads: dict[str, list[float]] = {}
     first: dict[str, float] = {}
     latencies: list[float] = []
@@ -170,8 +144,8 @@ def bench_browser(runs_dir: Path, running: Path, repeats: int, samples: int, log
                 latencies.append(time.perf_counter() - t0)
             browser.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(15)
+        stop_app(server)
+        log_file.close()
     return first, loads, latencies
 
 

@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from appserver import start_app, stop_app  # noqa: E402
 from conftest import fundus_image, jpeg_bytes  # noqa: E402
 from retino_core import launch, runs  # noqa: E402
 from retino_core.config import make_config  # noqa: E402
@@ -56,34 +54,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(runs_dir: Path, log) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("streamlit did not start")
 
 
 def prepare(runs_dir: Path, tmp: Path) -> Path:
@@ -211,17 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         print("training a tiny model and starting a long run...", flush=True)
         training = prepare(runs_dir, tmp)
         with open(tmp / "streamlit.log", "wb") as log:
-            server, url = start_server(runs_dir, log)
+            server, url = start_app(runs_dir, log)
             try:
                 print(f"app at {url} (pid {server.pid}); {args.hits} hits", flush=True)
                 result = soak(url, server.pid, args.hits, args.sample_every, args.timeout, tmp, training)
             finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait()
+                stop_app(server)
                 training_status = runs.read_status(training)
                 launch.stop(training.name, runs_dir)
         text = report(result, (tmp / "streamlit.log").read_text(errors="replace"), training_status,

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from appserver import start_app, stop_app
 from conftest import fundus_image, jpeg_bytes, write_tiny_npz
 from retino_core import launch, runs
 
@@ -42,49 +38,25 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 expect.set_options(timeout=UI_S * 1000)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app(tmp_path: Path):
     """The app on a free localhost port over an empty runs folder; stopped with its runs after."""
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
-    port = free_port()
     log = open(tmp_path / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
-    url = f"http://127.0.0.1:{port}"
+    server = None
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        try:
+            server, url = start_app(runs_dir, log, SERVER_START_S)
+        except RuntimeError as err:
+            pytest.fail(f"{err}: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
         yield url, runs_dir
     finally:
         for run in runs.list_runs(runs_dir):  # trainers live in their own sessions: stop them by name
             if run.state in runs.ACTIVE_STATES:
                 launch.stop(run.run_id, runs_dir)
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(5)
+        if server is not None:
+            stop_app(server)
         log.close()
 
 
