@@ -60,7 +60,7 @@ val = scores.get("val")
 s = run.summary
 if s.get("test_collapsed"):
     st.error(f"Collapsed model: {viz.percent(s.get('test_collapse_share'))} of the test images are predicted as "
-             f"grade {s.get('test_collapse_grade')}. Its accuracy is the majority share, not skill.")
+             f"grade {s.get('test_collapse_grade')}. Its accuracy is that grade's share of the test set, not skill.")
 c = st.columns(5)
 c[0].metric("test accuracy", viz.percent(s.get("test_acc")), help=f"majority baseline {viz.percent(s.get('test_majority_acc'))}")
 c[1].metric("QWK", viz.number(s.get("test_qwk")))
