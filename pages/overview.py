@@ -20,7 +20,8 @@ def load_source(spec: str):
 
 st.title("retino: diabetic-retinopathy grading")
 st.caption("ResNet18 and ResNet50, with and without ImageNet pretraining. Train them on the Train page, "
-           "watch them on Live, read them on Results, compare them on Compare.")
+           "watch them on Live, read them on Results, compare them on Compare, check their screening "
+           "numbers on Evaluation.")
 
 # ---------------------------------------------------------------- the dataset
 
