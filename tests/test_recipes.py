@@ -83,3 +83,12 @@ def test_cpu_preset_is_a_valid_config_for_each_arch(arch):
     cfg = make_config("cpu", arch=arch)
     assert cfg.data == "retinamnist" and not cfg.pretrained
     assert cfg.epochs >= 1 and cfg.image_size >= 16
+
+
+def test_cpu_preset_gives_resnet50_fewer_epochs_unless_told():
+    from retino_core.config import PRESET_ARCH, PRESETS, make_config
+
+    assert make_config("cpu", arch="resnet18").epochs == PRESETS["cpu"]["epochs"]
+    assert make_config("cpu", arch="resnet50").epochs == PRESET_ARCH["cpu"]["resnet50"]["epochs"]
+    assert make_config("cpu", arch="resnet50").epochs < make_config("cpu", arch="resnet18").epochs
+    assert make_config("cpu", arch="resnet50", epochs=3).epochs == 3
