@@ -77,9 +77,8 @@ def calibration_table(scores: dict[str, SplitScores], temperature: float) -> lis
     for split, s in scores.items():
         for label, t in (("uncalibrated", 1.0), (f"T = {temperature:.2f}", temperature)):
             p = s.probs(t)
-            nll = float(-np.mean(np.log(p[np.arange(len(s.labels)), s.labels] + 1e-12)))
             rows.append({"split": split, "probabilities": label, "ECE": metrics.expected_calibration_error(s.labels, p),
-                         "NLL": nll, "accuracy": float(np.mean(p.argmax(1) == s.labels))})
+                         "NLL": metrics.nll(s.labels, p), "accuracy": float(np.mean(p.argmax(1) == s.labels))})
     return rows
 
 

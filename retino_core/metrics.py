@@ -118,17 +118,24 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def nll(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true grades (NaN for no samples)."""
+    y = np.asarray(y)
+    if not len(y):
+        return float("nan")
+    return float(-np.mean(np.log(probs[np.arange(len(y)), y] + 1e-12)))
+
+
 def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     """Temperature that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017)."""
     from scipy.optimize import minimize_scalar
 
     y = np.asarray(y)
 
-    def nll(log_t: float) -> float:
-        p = softmax(logits, math.exp(log_t))
-        return float(-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12)))
+    def objective(log_t: float) -> float:
+        return nll(y, softmax(logits, math.exp(log_t)))
 
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    res = minimize_scalar(objective, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
     return float(math.exp(res.x))
 
 

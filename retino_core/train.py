@@ -30,7 +30,7 @@ from . import distributed, gpu_data, runs
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
 from .errors import CheckpointError, Interrupted, TrainingFailed, refused_load
 from .data import DataSource, SplitDataset, check_images, open_source
-from .metrics import classification_metrics, expected_calibration_error, fit_temperature, majority_baseline, softmax
+from .metrics import classification_metrics, expected_calibration_error, fit_temperature, majority_baseline, nll, softmax
 from .models import build_model
 from .transforms import build_eval_transform, build_train_transform, tta_views
 
@@ -284,7 +284,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, cfg: Tr
     """Loss and classification metrics of ``model`` on ``loader``, keys ``<prefix>_...``."""
     logits, y = predict_logits(model, loader, device, cfg, tta)
     probs = softmax(logits)
-    loss = float(-np.mean(np.log(probs[np.arange(len(y)), y] + 1e-12))) if len(y) else float("nan")
+    loss = nll(y, probs)
     out = classification_metrics(y, probs, prefix=f"{prefix}_")
     out[f"{prefix}_loss"] = loss
     return out
@@ -521,7 +521,7 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
     for split, (lg, y) in logits.items():
         probs = softmax(lg)
         summary.update(classification_metrics(y, probs, prefix=f"{split}_"))
-        summary[f"{split}_loss"] = float(-np.mean(np.log(probs[np.arange(len(y)), y] + 1e-12)))
+        summary[f"{split}_loss"] = nll(y, probs)
         summary[f"{split}_ece"] = expected_calibration_error(y, probs)
         summary[f"{split}_ece_calibrated"] = expected_calibration_error(y, softmax(lg, temperature))
     _write_predictions(run_dir, source, logits)
