@@ -111,7 +111,7 @@ def train_or_reuse(cfg, runs_dir: Path) -> tuple[Path, dict, float, bool]:
     summary = run_training(run_dir, quiet=True)
     wall = time.monotonic() - t0
     runs.write_json(run_dir / "bench.json", {"wall_seconds": wall, "load_start": load0,
-                                            "load_end": os.getloadavg()[0]})
+                                            "load_end": os.getloadavg()[0], "threads": torch.get_num_threads()})
     return run_dir, summary, wall, False
 
 
@@ -136,6 +136,7 @@ def row_of(name: str, cfg, summary: dict, wall: float, run_dir: Path, note: str 
                                            "test_referable_auc", "val_acc", "val_auc", "val_qwk",
                                            "best_epoch", "test_recall", "val_recall")},
             "seconds": wall, "load_start": meta.get("load_start"), "load_end": meta.get("load_end"),
+            "threads": meta.get("threads"),
             "changes": {k: getattr(cfg, k) for k in cfg.to_dict() if k in COMPARED}}
 
 
@@ -177,14 +178,41 @@ def mean_rows(rows: list[dict]) -> list[str]:
 
 def ablation_table(rows: list[dict]) -> list[str]:
     lines = ["| change to the preset | seed | val ACC | val AUC | val QWK | test ACC | test AUC | test QWK "
-             "| referable AUC | test recall per grade 0/1/2/3/4 | best epoch | seconds |",
+             "| referable AUC | test recall per grade 0/1/2/3/4 | best epoch | seconds (threads) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rec = "/".join(f"{x:.2f}" for x in (r.get("test_recall") or []))
         lines.append(f"| {r['config']} | {r['seed']} | {_f(r['val_acc'])} | {_f(r.get('val_auc'))} | "
                      f"{_f(r.get('val_qwk'))} | {_f(r['test_acc'])} | {_f(r['test_auc'])} | "
                      f"{_f(r['test_qwk'])} | {_f(r['test_referable_auc'])} | {rec} | {r['best_epoch']} | "
-                     f"{_f(r['seconds'], 0)} |")
+                     f"{_f(r['seconds'], 0)} ({r.get('threads') or '-'}) |")
+    return lines
+
+
+DELTA_KEYS = (("test_acc", "test ACC"), ("test_auc", "test AUC"), ("test_qwk", "test QWK"),
+              ("test_referable_auc", "referable AUC"))
+
+
+def ablation_summary(rows: list[dict]) -> list[str]:
+    """Per change: the mean over seeds of each test metric and of its difference to the preset
+    trained with the same seed, and in how many seeds the change raised it."""
+    base = {r["seed"]: r for r in rows if r["config"] == "(the preset)"}
+    head = " | ".join(f"{label} (change vs preset, raised in)" for _, label in DELTA_KEYS)
+    lines = [f"| change to the preset | seeds | {head} | grade-1 recall | grade-4 recall |",
+             "|---|---|" + "---|" * (len(DELTA_KEYS) + 2)]
+    for name in dict.fromkeys(r["config"] for r in rows):
+        group = [r for r in rows if r["config"] == name and r["seed"] in base]
+        cells = []
+        for key, _ in DELTA_KEYS:
+            vals = [r[key] for r in group]
+            deltas = [r[key] - base[r["seed"]][key] for r in group]
+            cell = f"{np.mean(vals):.3f}"
+            if name != "(the preset)":
+                cell += f" ({np.mean(deltas):+.3f}, {sum(d > 0 for d in deltas)}/{len(deltas)})"
+            cells.append(cell)
+        recall = [r.get("test_recall") or [float("nan")] * 5 for r in group]
+        lines.append(f"| {name} | {len(group)} | {' | '.join(cells)} | "
+                     f"{np.mean([x[1] for x in recall]):.2f} | {np.mean([x[4] for x in recall]):.2f} |")
     return lines
 
 
@@ -260,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         alines = ["# RetinaMNIST ablations: one change to the cpu preset, ResNet18 from scratch", "",
                   f"- command: `{command}`", f"- machine: {machine()}", f"- cpu preset: {preset}",
                   "- tta rows re-evaluate the preset's selected checkpoint; every other row is its own run.",
-                  ""] + ablation_table(abl)
+                  "- seconds are the run's own wall clock with its thread count; runs trained side by side "
+                  "on 1 thread each are slower than the quality table's.", ""]
+        if len({r["seed"] for r in abl}) > 1:
+            alines += ["## Mean over seeds", ""] + ablation_summary(abl) + ["", "## Every run", ""]
+        alines += ablation_table(abl)
         write(args.out, "ablations", alines, abl)
         print("\n".join(alines))
     return 0
