@@ -19,7 +19,6 @@ this machine; the load average beside them shows whether other work shared the C
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
