@@ -44,7 +44,9 @@ c = st.columns(4)
 use_sample = c[0].checkbox("Bundled sample photo", value=False, help="a CC0 fundus photograph shipped with retino")
 calibrated = c[1].toggle("Calibrated probabilities", value=True, key="calibrated",
                          help="logits divided by the temperature fitted on the validation split")
-tta = c[2].toggle("Test-time augmentation", value=False, key="tta", help="average the model over flipped copies")
+tta = c[2].toggle("Test-time augmentation", value=bool(chosen) and all(by_id[i].config.get("tta") for i in chosen),
+                  key="tta", help="average the model over flipped copies; on at first when every chosen run "
+                  "was evaluated that way")
 show_cam = c[3].toggle("Grad-CAM", value=True, key="grad_cam", help="where the model looked for its answer")
 
 images, names = [], []

@@ -61,7 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--run", required=True, help="run folder or run id")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the run was evaluated)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--runs-dir", type=Path)
 

@@ -37,13 +37,16 @@ class Predictor:
     """A trained model plus the exact preprocessing it was evaluated with."""
 
     def __init__(self, model: torch.nn.Module, preprocessing: dict, temperature: float = 1.0,
-                 arch: str = "", run_id: str = ""):
+                 arch: str = "", run_id: str = "", tta: bool = False):
         # channels_last: 20-30 % faster than NCHW on the CPU, same numbers (bench/cpu_latency.py).
         self.model = model.eval().to(memory_format=torch.channels_last)
         self._cam_lock = threading.Lock()
         self.pre = preprocessing
         self.temperature = float(temperature or 1.0)
         self.arch, self.run_id = arch, run_id
+        # Whether the run's metrics and temperature came from flip-averaged logits: the default
+        # of every call below, so a prediction matches what the run reported.
+        self.tta = bool(tta)
         self.transform = build_eval_transform(preprocessing["image_size"], preprocessing.get("preprocess", "none"),
                                               preprocessing["mean"], preprocessing["std"])
 
@@ -60,7 +63,8 @@ class Predictor:
             raise CheckpointError(f"{path} is not a retino checkpoint (no model / preprocessing)")
         model = build_model(ck["arch"], ck.get("num_classes", NUM_CLASSES))
         model.load_state_dict(ck["model"])
-        return cls(model, ck["preprocessing"], ck.get("temperature", 1.0), ck["arch"], run_id)
+        return cls(model, ck["preprocessing"], ck.get("temperature", 1.0), ck["arch"], run_id,
+                   bool(ck.get("tta", False)))
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, which: str = "best", runs_dir: Path | None = None) -> "Predictor":
@@ -71,23 +75,24 @@ class Predictor:
         return torch.stack([self.transform(img) for img in images]).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def logits(self, images: Sequence[Image.Image], tta: bool = False) -> np.ndarray:
+    def logits(self, images: Sequence[Image.Image], tta: bool | None = None) -> np.ndarray:
+        """Logits (N, 5); ``tta=None`` follows the run (``self.tta``)."""
         x = self.batch(images)
-        views = tta_views(x) if tta else [x]
+        views = tta_views(x) if (self.tta if tta is None else tta) else [x]
         return torch.stack([self.model(v) for v in views]).mean(0).float().numpy()
 
-    def probabilities(self, images: Sequence[Image.Image], tta: bool = False,
+    def probabilities(self, images: Sequence[Image.Image], tta: bool | None = None,
                       calibrated: bool = True) -> np.ndarray:
         return softmax(self.logits(images, tta), self.temperature if calibrated else 1.0)
 
     def predict(self, images: Sequence[Image.Image], names: Sequence[str] | None = None,
-                tta: bool = False, calibrated: bool = True) -> list[Prediction]:
+                tta: bool | None = None, calibrated: bool = True) -> list[Prediction]:
         probs = self.probabilities(images, tta, calibrated)
         names = names or [""] * len(images)
         return [Prediction(int(p.argmax()), GRADE_NAMES[int(p.argmax())], [float(v) for v in p], n)
                 for p, n in zip(probs, names)]
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], tta: bool = False) -> list[Prediction]:
+    def predict_files(self, paths: Sequence[str | os.PathLike], tta: bool | None = None) -> list[Prediction]:
         """Grade image files; an unreadable file raises ImageError naming it."""
         images = [load_image(p) for p in paths]
         return self.predict(images, [str(p) for p in paths], tta)

@@ -68,6 +68,8 @@ def test_predict_text_and_json(finished_run, capsys, tmp_path):
     out = json.loads(capsys.readouterr().out.strip())
     assert out["grade_name"] in out["probabilities"]
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run), "--json", "--no-tta"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["grade_name"] in out["probabilities"]
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     assert main(["predict", str(bad), "--run", str(finished_run)]) == 1

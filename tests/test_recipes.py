@@ -74,8 +74,14 @@ def test_ordinal_run_with_ema_and_tta_writes_probabilities_the_predictor_reads(t
     # The EMA copy carries running BatchNorm statistics, not the untrained ones (mean 0, var 1).
     assert ck["model"]["bn1.running_mean"].abs().sum() > 0
     predictor = Predictor.from_run(run_dir)
-    probs = predictor.probabilities([Image.new("RGB", (40, 40), (120, 60, 30))], tta=True)
+    image = Image.new("RGB", (40, 40), (120, 60, 30))
+    image.paste((200, 180, 40), (0, 0, 12, 30))  # not symmetric: flips change what the model sees
+    probs = predictor.probabilities([image], tta=True)
     assert probs.shape == (1, 5) and np.isclose(probs.sum(), 1.0)
+    # The run was evaluated (and its temperature fitted) on flip-averaged logits: so is a prediction by default.
+    assert predictor.tta is True
+    assert np.array_equal(predictor.logits([image]), predictor.logits([image], tta=True))
+    assert np.array_equal(predictor.logits([image], tta=False), predictor.logits([image], tta=False))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
