@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from conftest import fundus_image, jpeg_bytes
@@ -140,18 +138,6 @@ CONVERTED = [c for c in IMAGE_CASES if c.expect == "convert"]
 
 def image_ids(cases: list[ImageCase]) -> list[str]:
     return [c.name for c in cases]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One CPU thread here and in every process started from here (import it to use it): on a
-    small machine shared with other jobs, two OpenMP threads wait on each other and a
-    training step can take 50 times longer."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- headerless CSVs

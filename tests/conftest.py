@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
-
-import numpy as np
-import pytest
-from PIL import Image, ImageDraw
-
-from retino_core.data import RETINAMNIST_NPZ
 
 # The suite shares 2 cores between pytest, trainer subprocesses, the app and a browser; OpenMP
 # threads spinning for a core another process holds make each of them many times slower. Set
-# before torch is imported, and inherited by every subprocess a test starts.
+# before anything imports torch, and inherited by every subprocess a test starts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from retino_core.data import RETINAMNIST_NPZ  # noqa: E402
 
 TINY = dict(image_size=32, batch_size=8, epochs=1, num_workers=0)
 

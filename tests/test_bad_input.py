@@ -20,7 +20,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from badinput import CONVERTED, CSV_CASES, IMAGE_CASES, REFUSED, ImageCase, image_ids
-from badinput import one_thread  # noqa: F401 - autouse
 from conftest import TINY, write_lab_folder
 from retino_core import runs
 from retino_core.__main__ import main

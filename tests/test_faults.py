@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from badinput import one_thread  # noqa: F401 - autouse
 from conftest import TINY, write_tiny_npz
 from retino_core import runs, train
 from retino_core.__main__ import main

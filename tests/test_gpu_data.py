@@ -20,15 +20,6 @@ from retino_core.transforms import build_eval_transform
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_eval_path_matches_the_cpu_eval_transform():
     data = SAMPLE_IMAGE.read_bytes()
     x = decode_batch([data], [None], ["sample"], 64, CPU)

@@ -16,7 +16,6 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from badinput import HOSTILE_NAMES
-from badinput import one_thread  # noqa: F401 - autouse
 from retino_core import data, launch, runs
 from retino_core.__main__ import main
 from retino_core.config import make_config
