@@ -93,8 +93,7 @@ def train_variant(out: Path, mixup: float = 0.0, rot: int = 30, stem: str = "std
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     opt = T.build_optimizer(cfg, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_factor(cfg, len(loaders["train"])))
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema or 0.99), use_buffers=True)
+    ema = T.weight_ema(model, cfg.ema or 0.99)
     loss_fn = T.build_loss(cfg, source.splits["train"].labels)
     beta = torch.distributions.Beta(mixup, mixup) if mixup else None
     rec = {"cfg": cfg.to_dict(), "mixup": mixup, "rot": rot, "stem": stem, "epochs": [],
@@ -153,6 +152,7 @@ def report(folder: Path, out: Path) -> list[str]:
              "| AUC, 8 dihedral views | AUC per grade 0/1/2/3/4 | oracle AUC | train s (threads) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows, probs = [], {}
+    base = make_config("cpu", arch="resnet18").to_dict()
     for name, rec in recs.items():
         yt = np.array(rec["y_test"])
         i, p = selected(rec, "tta")
@@ -162,7 +162,6 @@ def report(folder: Path, out: Path) -> list[str]:
         oracle = max(roc_auc_score(yt, softmax(np.array(e["ema_test_tta"])), multi_class="ovr")
                      for e in rec["epochs"] if "ema_test_tta" in e)
         per_grade = [roc_auc_score(yt == k, p[:, k]) for k in range(5)]
-        base = make_config("cpu", arch="resnet18").to_dict()
         changes = {k: v for k, v in rec["cfg"].items() if base.get(k) != v and k not in ("name", "seed")}
         changes.update({k: rec[k] for k, d in (("mixup", 0.0), ("rot", 30), ("stem", "std")) if rec.get(k, d) != d})
         row = {"run": name, "changes": changes, "seed": rec["cfg"]["seed"], "epoch": i + 1,

@@ -145,6 +145,14 @@ def build_loss(cfg: TrainConfig, train_labels: np.ndarray) -> nn.Module:
                                label_smoothing=cfg.label_smoothing)
 
 
+def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights (``update_parameters`` each step)."""
+    # use_buffers: average the BatchNorm running statistics too; without it the copy keeps
+    # the statistics of the untrained model and evaluates as noise.
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     # No weight decay on norms and biases (they are not weights that overfit).
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -411,12 +419,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    ema = None
-    if cfg.ema:
-        # use_buffers: average the BatchNorm running statistics too; without it the copy
-        # keeps the statistics of the untrained model and evaluates as noise.
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    ema = weight_ema(model, cfg.ema) if cfg.ema else None
     loss_fn = build_loss(cfg, source.splits["train"].labels).to(device)
     train_model = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
     train_model = torch.compile(train_model) if cfg.compile and device.type == "cuda" else train_model
