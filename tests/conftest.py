@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 
@@ -19,6 +20,14 @@ from PIL import Image, ImageDraw  # noqa: E402
 from retino_core.data import RETINAMNIST_NPZ  # noqa: E402
 
 TINY = dict(image_size=32, batch_size=8, epochs=1, num_workers=0)
+
+
+def load_bench(name: str):
+    """A script of bench/ (not a package) as a module, for tests of its functions."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fundus_image(size: int = 48, seed: int = 0, grade: int = 0) -> Image.Image:

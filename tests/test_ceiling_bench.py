@@ -3,13 +3,11 @@ per-epoch logits, then the report that picks epochs on validation and averages r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SPEC = importlib.util.spec_from_file_location("ceiling", Path(__file__).resolve().parent.parent / "bench" / "ceiling.py")
-ceiling = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(ceiling)
+from conftest import load_bench
+
+ceiling = load_bench("ceiling")
 
 TINY = ["epochs=2", "max_steps_per_epoch=2", "batch_size=16", "image_size=32"]
 

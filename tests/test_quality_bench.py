@@ -3,12 +3,9 @@ same seed, and how many seeds a change raised a metric in (numbers from hand-mad
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from conftest import load_bench
 
-SPEC = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parent.parent / "bench" / "quality.py")
-quality = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(quality)
+quality = load_bench("quality")
 
 
 def row(config: str, seed: int, acc: float, auc: float) -> dict:
