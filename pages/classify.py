@@ -1,11 +1,11 @@
 """Classify: grade uploaded fundus photographs with one or several trained runs, side by side,
-with their ensemble and Grad-CAM."""
+with their ensemble and Grad-CAM; a grade is shown only where it can be trusted."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import report, runs, viz
+from retino_core import report, runs, trust, viz
 from retino_core.config import GRADE_NAMES
 from retino_core.data import SAMPLE_IMAGE, ImageError, load_image
 
@@ -14,6 +14,7 @@ if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see t
     st.switch_page("streamlit_app.py")
 
 OVERLAY_SIDE = 320  # Grad-CAM is drawn on a copy this wide; the model sees the original
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif"]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
@@ -26,19 +27,22 @@ def load_predictor(checkpoint: str, mtime: float, run_id: str):
 
 st.title("Classify")
 
-all_runs = runs.list_runs()
-usable = [r for r in all_runs if r.state == "done" and runs.checkpoint_path(r.path).exists()]
-if not usable:
+finished = [r for r in runs.list_runs() if r.state == "done" and runs.checkpoint_path(r.path).exists()]
+if not finished:
     st.info("No trained model yet: train one (or all four) first, then grade photographs here.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
-by_id = {r.run_id: r for r in usable}
-default = [r.run_id for r in report.pick_four(usable, done_only=True).values() if r is not None]
-chosen = st.multiselect("Models", list(by_id), default=default,
-                        format_func=lambda i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])}",
-                        help="by default the newest finished run of each of the four configurations")
-uploads = st.file_uploader("Fundus photographs (JPEG or PNG)", type=["jpg", "jpeg", "png"],
+by_id = {r.run_id: r for r in finished}
+verdicts = {i: trust.of_summary(r.summary) for i, r in by_id.items()}
+usable = {i: trust.is_usable_verdict(v) for i, v in verdicts.items()}
+default = [r.run_id for r in report.pick_four(finished, done_only=True).values() if r is not None]
+chosen = st.multiselect(
+    "Models", list(by_id), default=default,
+    format_func=lambda i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])} · {trust.label(verdicts[i])}",
+    help="by default the newest finished run of each of the four configurations; only usable models "
+         "enter the ensemble unless you include the others below")
+uploads = st.file_uploader("Fundus photographs (JPEG, PNG, TIFF, WebP, BMP or GIF)", type=UPLOAD_TYPES,
                            accept_multiple_files=True)
 c = st.columns(4)
 use_sample = c[0].checkbox("Bundled sample photo", value=False, help="a CC0 fundus photograph shipped with retino")
@@ -48,6 +52,11 @@ tta = c[2].toggle("Test-time augmentation", value=bool(chosen) and all(by_id[i].
                   key="tta", help="average the model over flipped copies; on at first when every chosen run "
                   "was evaluated that way")
 show_cam = c[3].toggle("Grad-CAM", value=True, key="grad_cam", help="where the model looked for its answer")
+c = st.columns(2)
+include_all = c[0].toggle("Ensemble includes models that are not usable", value=False, key="include_all",
+                          help="off: a model whose verdict is weak or no better than guessing is shown greyed "
+                               "and left out of the ensemble")
+opacity = c[1].slider("Grad-CAM opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity", disabled=not show_cam)
 
 images, names = [], []
 for upload in uploads or []:
@@ -77,74 +86,138 @@ if not predictors:
     st.stop()
 
 labels = {i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])}" for i in predictors}
+members = [i for i in predictors if usable[i] or include_all]
+if not any(usable[i] for i in predictors):
+    st.error("**None of the chosen models is usable.** What they say below is not a grade: "
+             + " ".join(f"{labels[i]} is {trust.label(verdicts[i])}." for i in predictors)
+             + " Train a model that beats the majority baseline (the Results page says why these do not).",
+             icon=":material/block:")
+elif len(members) < len(predictors):
+    st.warning("Left out of the ensemble and shown greyed: "
+               + "; ".join(f"{labels[i]} ({trust.label(verdicts[i])})" for i in predictors if i not in members) + ".")
+
 with st.spinner("Grading…"):
-    probs = {i: p.probabilities(images, tta=tta, calibrated=calibrated) for i, p in predictors.items()}
-stack = np.stack(list(probs.values()))  # (models, images, grades)
+    results = {i: p.run(images, tta=tta, calibrated=calibrated) for i, p in predictors.items()}
+probs = {i: r[0] for i, r in results.items()}
+checks = {i: r[1] for i, r in results.items()}
+answering = members or list(predictors)  # with no usable model, the others are shown, greyed
+stack = np.stack([probs[i] for i in answering])  # (models, images, grades)
 ensemble, low, high = stack.mean(0), stack.min(0), stack.max(0)
+first = next(iter(predictors))
 
 
-def grad_cam(predictor, k: int, grade: int):
-    from retino_core.predict import overlay
+judges = [i for i in predictors if usable[i]] or list(predictors)  # whose feature check counts
+
+
+def out_of_distribution(k: int) -> list[str]:
+    """Why image k is not like the training photos (empty when it is)."""
+    reasons = []
+    for i in judges:
+        reasons += [w for w in checks[i][k].warnings if w.startswith("This does not look") and w not in reasons]
+    return reasons
+
+
+def other_warnings(k: int) -> list[str]:
+    return [w for w in checks[first][k].warnings if not w.startswith("This does not look")]
+
+
+def cam(run_id: str, k: int, grade: int) -> None:
+    from retino_core.ood import field_of_view_mask
 
     shown = images[k].copy()
     shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
-    return overlay(shown, predictor.grad_cam(shown, target=grade))
+    heat = predictors[run_id].grad_cam(shown, target=grade)
+    st.plotly_chart(viz.cam_figure(shown, heat, field_of_view_mask(shown), opacity),
+                    width="stretch", key=f"cam-{run_id}-{k}", config={"displayModeBar": False})
+    layer, _, grid = predictors[run_id].cam_layer()
+    st.caption(f"Grad-CAM for {GRADE_NAMES[grade]} ({layer}, {grid[0]}×{grid[1]} cells; "
+               "outside the field of view left uncoloured)")
+
+
+def model_card(run_id: str, k: int) -> None:
+    """One model's answer for image k; greyed with its verdict when it is not usable."""
+    g = int(probs[run_id][k].argmax())
+    verdict = verdicts[run_id]
+    with st.container(border=True):
+        if usable[run_id]:
+            st.markdown(f"**{labels[run_id]}** · {viz.verdict_badge(verdict)}  \ngrade **{g} · {GRADE_NAMES[g]}** "
+                        f"({viz.percent(float(probs[run_id][k, g]))})")
+        else:
+            st.markdown(f":gray[**{labels[run_id]}**] · {viz.verdict_badge(verdict)}  \n"
+                        f":gray[would say {g} · {GRADE_NAMES[g]} ({viz.percent(float(probs[run_id][k, g]))})]")
+            st.caption(trust.warning(verdict))
+        st.plotly_chart(viz.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
+                                               colours=None if usable[run_id] else ["#b0b0b0"]),
+                        width="stretch", key=f"p-{run_id}-{k}")
+        st.caption(predictors[run_id].domain())
+        if show_cam:
+            cam(run_id, k, g)
 
 
 def detail(k: int) -> None:
-    """One image: the (ensemble) answer, and per model the probabilities and Grad-CAM."""
+    """One image: the (ensemble) answer where it can be trusted, then every model's."""
     grade = int(ensemble[k].argmax())
-    single = len(predictors) == 1
+    single = len(answering) == 1
     photo, answer = st.columns([1, 2])
     photo.image(viz.display_image(images[k], OVERLAY_SIDE), caption=names[k], width=OVERLAY_SIDE)
+    foreign = out_of_distribution(k)
     with answer:
-        title = labels[next(iter(predictors))] if single else "Ensemble (mean of the models)"
-        st.metric(f"{title}: predicted grade", f"{grade} · {GRADE_NAMES[grade]}")
-        st.caption(f"P(referable DR, grade ≥ 2) = {viz.percent(float(ensemble[k, 2:].sum()))}"
-                   + (" · bars show the lowest to highest probability among the models" if not single else ""))
-        if not single:
-            votes = [int(probs[i][k].argmax()) for i in predictors]
+        title = labels[answering[0]] if single else f"Ensemble of {len(answering)} models"
+        if foreign:
+            st.warning("**" + foreign[0].split(":")[0] + ".** Not graded: "
+                       + " ".join(r.split(": ", 1)[1] for r in foreign), icon=":material/help:")
+        elif not members:
+            st.markdown(f":gray[Not a grade: models that are not usable would say {grade} · {GRADE_NAMES[grade]}.]")
+        else:
+            st.metric(f"{title}: predicted grade", f"{grade} · {GRADE_NAMES[grade]}")
+            st.caption(f"P(referable DR, grade ≥ 2) = {viz.percent(float(ensemble[k, 2:].sum()))}"
+                       + (" · bars show the lowest to highest probability among the models" if not single else ""))
+        for line in other_warnings(k):
+            st.caption(f":material/info: {line}")
+        if not single and members and not foreign:
+            votes = [int(probs[i][k].argmax()) for i in answering]
             spread = viz.percent(float((high[k] - low[k]).max()))
             if len(set(votes)) == 1:
                 st.success(f"The models agree. Largest spread of a probability between them: {spread}.")
             else:
                 st.warning("The models disagree: " + "; ".join(
-                    f"{labels[i]} says {GRADE_NAMES[v]}" for i, v in zip(predictors, votes))
+                    f"{labels[i]} says {GRADE_NAMES[v]}" for i, v in zip(answering, votes))
                     + f". Largest spread of a probability between them: {spread}.")
-        st.plotly_chart(viz.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
-                                               None if single else (low[k], high[k])),
-                        width="stretch", key=f"ens-{k}")
-    if single:
-        if show_cam:
-            photo.image(grad_cam(next(iter(predictors.values())), k, grade),
-                        caption=f"Grad-CAM for {GRADE_NAMES[grade]}", width=OVERLAY_SIDE)
-        return
-    for column, (run_id, predictor) in zip(st.columns(len(predictors)), predictors.items()):
-        with column.container(border=True):
-            g = int(probs[run_id][k].argmax())
-            st.markdown(f"**{labels[run_id]}**  \ngrade **{g} · {GRADE_NAMES[g]}** "
-                        f"({viz.percent(float(probs[run_id][k, g]))})")
-            st.plotly_chart(viz.probability_figure({labels[run_id]: probs[run_id][k]}, height=220),
-                            width="stretch", key=f"p-{run_id}-{k}")
-            if show_cam:
-                st.image(grad_cam(predictor, k, g), width="stretch", caption=f"Grad-CAM for {GRADE_NAMES[g]}")
+        if members and not foreign:
+            st.plotly_chart(viz.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
+                                                   None if single else (low[k], high[k])),
+                            width="stretch", key=f"ens-{k}")
+    with st.expander("What the models would say anyway (not a grade)", expanded=False) if (foreign or not members) \
+            else st.container():
+        for column, run_id in zip(st.columns(len(predictors)), predictors):
+            with column:
+                model_card(run_id, k)
 
 
 if len(images) == 1:
     detail(0)
     st.stop()
 
-table = pd.DataFrame({"image": names, "grade": ensemble.argmax(1),
-                      "grade_name": [GRADE_NAMES[g] for g in ensemble.argmax(1)],
-                      "p_referable": ensemble[:, 2:].sum(1), "max_spread": (high - low).max(1)})
+
+def status(k: int) -> str:
+    if out_of_distribution(k):
+        return "not graded: unlike the training photos"
+    return "graded" if members else "not graded: no usable model"
+
+
+table = pd.DataFrame({"image": names, "status": [status(k) for k in range(len(images))],
+                      "grade": ensemble.argmax(1), "grade_name": [GRADE_NAMES[g] for g in ensemble.argmax(1)],
+                      "p_referable": ensemble[:, 2:].sum(1), "max_spread": (high - low).max(1),
+                      "in_distribution": [not out_of_distribution(k) for k in range(len(images))],
+                      "warnings": [" ".join(out_of_distribution(k) + other_warnings(k)) for k in range(len(images))]})
 for g, name in enumerate(GRADE_NAMES):
     table[f"p_{g}_{name.replace(' ', '_').lower()}"] = ensemble[:, g]
 for run_id in predictors:
     table[f"grade · {labels[run_id]}"] = probs[run_id].argmax(1)
-st.subheader(f"{len(images)} photographs" + (" (ensemble of the chosen models)" if len(predictors) > 1 else ""))
+st.subheader(f"{len(images)} photographs" + (f" (ensemble of {len(answering)} models)" if len(answering) > 1 else ""))
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="percent") for c in table.columns if c.startswith("p_") or c == "max_spread"})
 st.download_button("Download the table (CSV)", table.to_csv(index=False), file_name="retino_grades.csv",
                    mime="text/csv", icon=":material/download:")
-k = st.selectbox("Look at one photograph", range(len(images)), format_func=lambda i: names[i])
+k = st.selectbox("Look at one photograph", range(len(images)), format_func=lambda i: f"{names[i]} · {status(i)}")
 detail(k)

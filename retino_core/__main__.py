@@ -127,8 +127,17 @@ def cmd_train(args) -> int:
     else:
         run_dir = _train_one(_config_from_args(args), args)
     if distributed.is_main():
-        print(run_dir)
+        print(run_dir, flush=True)
+        _print_verdict(run_dir)
     return 0
+
+
+def _print_verdict(run_dir: Path) -> None:
+    """How far the run can be trusted, on stderr after the run folder (stdout's last line)."""
+    from . import trust
+
+    verdict = trust.of_summary(runs.read_json(Path(run_dir) / "summary.json", {}))
+    print("\n".join(trust.lines(verdict)), file=sys.stderr, flush=True)
 
 
 def cmd_sweep(args) -> int:
@@ -143,14 +152,24 @@ def cmd_sweep(args) -> int:
             else:
                 run_dir = _train_one(cfg, args)
             done.append(run_dir)
-            print(run_dir)
+            print(run_dir, flush=True)
+            if not args.queue:
+                _print_verdict(run_dir)
     return 0
 
 
 def cmd_predict(args) -> int:
+    from . import trust
     from .predict import Predictor
 
     predictor = Predictor.from_run(args.run, args.checkpoint, args.runs_dir)
+    run_dir = runs.resolve_run_dir(args.run, args.runs_dir)
+    verdict = trust.of_summary(runs.read_json(run_dir / "summary.json", {}))
+    run_warnings = [] if trust.is_usable_verdict(verdict) else [trust.warning(verdict)]
+    if not args.json:
+        print(f"model {run_dir.name}: {trust.label(verdict)}; {predictor.domain()}", file=sys.stderr)
+        for line in run_warnings:
+            print(f"warning: {line}", file=sys.stderr)
     failed = 0
     for path in args.images:
         try:
@@ -161,10 +180,18 @@ def cmd_predict(args) -> int:
                   file=sys.stdout if args.json else sys.stderr)
             continue
         if args.json:
-            print(json.dumps(pred.to_dict()))
+            out = pred.to_dict()
+            out["warnings"] = run_warnings + out.get("warnings", [])
+            out["trust"] = verdict
+            print(json.dumps(out))
         else:
             probs = "  ".join(f"{p:.3f}" for p in pred.probabilities)
-            print(f"{path}\tgrade {pred.grade} ({pred.grade_name})\t[{probs}]")
+            shown = f"grade {pred.grade} ({pred.grade_name})"
+            if pred.check is not None and pred.check.in_distribution is False:
+                shown = f"not graded: out of distribution; the model would say {pred.grade} ({pred.grade_name})"
+            print(f"{path}\t{shown}\t[{probs}]")
+            for line in pred.check.warnings if pred.check is not None else []:
+                print(f"  warning: {line}")
     return 1 if failed else 0
 
 
@@ -173,22 +200,28 @@ def _fmt(x, digits=4) -> str:
 
 
 def cmd_runs(args) -> int:
+    from . import trust
+
     infos = runs.list_runs(args.runs_dir)
     if args.json:
         print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
-                           "test_acc": r.summary.get("test_acc"), "test_qwk": r.summary.get("test_qwk"),
-                           "test_auc": r.summary.get("test_auc")} for r in infos], indent=2))
+                           "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
+                           "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
+                           "trust": trust.of_summary(r.summary)} for r in infos], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m retino_core train --data retinamnist")
         return 0
-    header = f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'test_qwk':>8} {'test_auc':>8}"
+    header = (f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'majority':>8} "
+              f"{'test_qwk':>8} {'test_auc':>8}  verdict")
     print(header)
     for r in infos:
         prog = r.status.get("progress") or {}
         epoch = f"{prog.get('epoch', 0):.0f}/{r.config.get('epochs', '?')}" if prog else f"-/{r.config.get('epochs', '?')}"
+        verdict = trust.label(trust.of_summary(r.summary)) if r.summary else "-"
         print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {_fmt(r.summary.get('test_acc')):>8} "
-              f"{_fmt(r.summary.get('test_qwk')):>8} {_fmt(r.summary.get('test_auc')):>8}")
+              f"{_fmt(r.summary.get('test_majority_acc')):>8} {_fmt(r.summary.get('test_qwk')):>8} "
+              f"{_fmt(r.summary.get('test_auc')):>8}  {verdict}")
     return 0
 
 

@@ -244,6 +244,22 @@ class DataSource:
     def counts(self) -> dict[str, list[int]]:
         return {k: s.counts() for k, s in self.splits.items()}
 
+    def native_size(self) -> list[int] | None:
+        """Width and height of the training photos as stored (the median of the first few)."""
+        train = self.splits.get("train")
+        if train is None or not len(train):
+            return None
+        if train.images is not None:
+            return [int(train.images.shape[2]), int(train.images.shape[1])]
+        sizes = []
+        for path in (train.paths or [])[:15]:
+            try:
+                with Image.open(path) as img:  # the header only
+                    sizes.append(img.size)
+            except (OSError, ValueError):
+                continue
+        return [int(v) for v in np.median(np.array(sizes), 0)] if sizes else None
+
     def majority_share(self, split: str = "test") -> float:
         """Accuracy of always predicting the commonest training grade, on ``split``."""
         major = int(np.argmax(self.splits["train"].counts()))

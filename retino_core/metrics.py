@@ -19,6 +19,8 @@ from .config import NUM_CLASSES
 
 REFERABLE_GRADE = 2  # grade >= 2 (moderate or worse) is referable DR in screening
 COLLAPSE_SHARE = 0.95
+# The range fit_temperature searches; a fit at either end means calibration failed.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -135,7 +137,7 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     def objective(log_t: float) -> float:
         return nll(y, softmax(logits, math.exp(log_t)))
 
-    res = minimize_scalar(objective, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    res = minimize_scalar(objective, bounds=(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])), method="bounded")
     return float(math.exp(res.x))
 
 

@@ -119,6 +119,31 @@ def build_model(arch: str, num_classes: int = NUM_CLASSES, pretrained: bool = Fa
     return model
 
 
-def grad_cam_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional stage, where Grad-CAM reads its activations."""
-    return model.layer4
+CAM_STAGES = ("layer4", "layer3", "layer2", "layer1")
+MIN_CAM_CELLS = 7
+
+
+@torch.no_grad()
+def grad_cam_layer(model: nn.Module, image_size: int, min_cells: int = MIN_CAM_CELLS) -> tuple[str, nn.Module, tuple[int, int]]:
+    """The deepest stage whose activations are at least ``min_cells`` x ``min_cells`` at
+    ``image_size``: its name, the module and that grid.
+
+    layer4 is the usual Grad-CAM layer, but it is 2 x 2 at 64 px: a heat map of four
+    squares. Shallower stages keep more of the image's layout (layer2 is 8 x 8 at 64 px).
+    """
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [getattr(model, name).register_forward_hook(
+        lambda mod, args, out, name=name: shapes.__setitem__(name, tuple(out.shape[-2:]))) for name in CAM_STAGES]
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters())
+        model(torch.zeros(1, 3, image_size, image_size, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for name in CAM_STAGES:
+        if min(shapes[name]) >= min_cells:
+            return name, getattr(model, name), shapes[name]
+    return "layer1", model.layer1, shapes["layer1"]  # a tiny input: the finest grid there is

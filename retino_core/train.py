@@ -8,6 +8,7 @@ with workers and no per-step host synchronisation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from . import distributed, gpu_data, runs
+from . import distributed, gpu_data, ood, runs, trust
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
 from .errors import CheckpointError, Interrupted, TrainingFailed, refused_load
 from .data import DataSource, SplitDataset, check_images, open_source
@@ -145,12 +146,42 @@ def build_loss(cfg: TrainConfig, train_labels: np.ndarray) -> nn.Module:
                                label_smoothing=cfg.label_smoothing)
 
 
+class WarmEmaDecay:
+    """EMA update whose decay ramps up with the step count, as timm's ModelEmaV3 warm-up does:
+    ``decay_t = min(decay, 1 - (1 + t) ** -0.75)``.
+
+    With a fixed 0.99 and a few steps an epoch, the average stays near the random start for
+    the first epochs and validation selects a model that learned nothing; the ramp lets the
+    average follow the model early (0.77 after 6 steps, 0.97 after 100) and settle later.
+    """
+
+    POWER = 0.75
+
+    def __init__(self, decay: float):
+        self.decay = float(decay)
+        self.step: int | None = None  # counted on the host: no per-step device sync
+
+    def value(self, step: int) -> float:
+        return min(self.decay, 1.0 - (1.0 + step) ** -self.POWER)
+
+    @torch.no_grad()
+    def __call__(self, averaged: list, current: list, num_averaged) -> None:
+        # AveragedModel calls this once per (device, dtype) group of one update.
+        if not torch.is_floating_point(averaged[0]):  # BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        if self.step is None:  # once, also after a resume (n_averaged is in the EMA's state)
+            self.step = int(num_averaged)
+        self.step += 1
+        torch._foreach_lerp_(averaged, current, 1.0 - self.value(self.step))
+
+
 def weight_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of ``model``'s weights (``update_parameters`` each step)."""
+    """An exponential moving average of ``model``'s weights (``update_parameters`` each step),
+    with the decay warmed up over the first steps (WarmEmaDecay)."""
     # use_buffers: average the BatchNorm running statistics too; without it the copy keeps
     # the statistics of the untrained model and evaluates as noise.
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=WarmEmaDecay(decay), use_buffers=True)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -268,23 +299,33 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainConfig,
-                   tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, 5) and labels (N,) over a loader; flips averaged in logit space with ``tta``."""
+                   tta: bool = False, features: bool = False) -> tuple[np.ndarray, ...]:
+    """Logits (N, 5) and labels (N,) over a loader; flips averaged in logit space with ``tta``.
+
+    ``features``: also the penultimate features (N, D) of the unflipped view (for ood.fit).
+    """
     model.eval()
     distributed.sync_buffers(model)
-    outs, labels = [], []
-    for x, y in loader:
-        x, _ = _to_device(x, y, device, cfg)
-        with _autocast(cfg, device):
-            views = tta_views(x) if tta else [x]
-            logits = torch.stack([model(v).float() for v in views]).mean(0)
-        outs.append(logits)
-        labels.append(y)
+    tap = ood.FeatureTap(_unwrap(model)) if features else None
+    outs, labels, feats = [], [], []
+    try:
+        for x, y in loader:
+            x, _ = _to_device(x, y, device, cfg)
+            with _autocast(cfg, device):
+                views = tta_views(x) if tta else [x]
+                logits = torch.stack([model(v).float() for v in views]).mean(0)
+            outs.append(logits)
+            labels.append(y)
+            if tap is not None:
+                feats.append(tap.take())
+    finally:
+        if tap is not None:
+            tap.close()
     logits = torch.cat(outs).cpu().numpy() if outs else np.zeros((0, NUM_CLASSES), np.float32)
     ys = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, np.int64)
+    arrays = (logits, ys) + ((torch.cat(feats).float().cpu().numpy(),) if features and feats else ())
     # Under torchrun each rank saw its shard; every rank gets the whole split back, in order.
-    logits, ys = distributed.gather_shards(logits, ys)
-    return logits, ys
+    return tuple(distributed.gather_shards(*arrays))
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainConfig,
@@ -502,6 +543,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                                          for r in epochs_done))
     summary["test_acc_per_epoch"] = [r.get("test_acc") for r in epochs_done]
     summary.update(baseline)
+    summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
     runs.write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -515,10 +557,15 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Flip TTA, when on, also feeds the temperature fit: val and test see the same predictor.
-    logits = {s: predict_logits(model, loaders[s], device, cfg, tta=cfg.tta) for s in loaders if s != "train"}
+    outputs = {s: predict_logits(model, loaders[s], device, cfg, tta=cfg.tta, features=True)
+               for s in loaders if s != "train"}
+    logits = {s: out[:2] for s, out in outputs.items()}
+    ck["ood"], ood_summary = _fit_ood(model, cfg, source, device, {s: out[2] for s, out in outputs.items()})
+    ck["trained_on"] = {"data": str(cfg.data), "name": source.name, "native_size": source.native_size(),
+                        "train_images": len(source.splits["train"])}
     temperature = fit_temperature(logits["val"][1], logits["val"][0]) if "val" in logits else 1.0
     summary: dict = {"best_epoch": best_epoch, "selected_on": select_split, "temperature": temperature,
-                     "tta": cfg.tta,
+                     "tta": cfg.tta, "ood": ood_summary, "trained_on": ck["trained_on"],
                      "arch": cfg.arch, "pretrained": cfg.pretrained, "epochs": cfg.epochs,
                      "data": cfg.data, "data_name": source.name}
     for split, (lg, y) in logits.items():
@@ -531,6 +578,26 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
     ck["temperature"], ck["tta"] = temperature, cfg.tta
     save_checkpoint(ck, run_dir / "checkpoints" / "best.pt")
     return summary
+
+
+def _fit_ood(model: nn.Module, cfg: TrainConfig, source: DataSource, device: torch.device,
+             eval_features: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """The Mahalanobis detector's statistics (on training features, eval transform) and its
+    threshold (on validation, else test), plus the share of each split it flags."""
+    train = source.splits["train"]
+    if len(train) > ood.FIT_MAX_IMAGES:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), ood.FIT_MAX_IMAGES, replace=False))
+        train = train.subset(keep)
+    fit_source = dataclasses.replace(source, splits={"train": train, "fit": train})
+    loader = build_loaders(cfg, fit_source, device)["fit"]
+    _, labels, features = predict_logits(model, loader, device, cfg, features=True)
+    stats = ood.fit(features, labels)
+    calibrated_on = "val" if "val" in eval_features else "test"
+    stats = ood.calibrate(stats, eval_features[calibrated_on])
+    threshold = float(stats["threshold"])
+    flagged = {f"{s}_flagged_share": float(np.mean(ood.scores(f, stats) > threshold)) for s, f in eval_features.items()}
+    return stats, {"threshold": threshold, "quantile": ood.THRESHOLD_QUANTILE, "calibrated_on": calibrated_on,
+                   "fitted_on_images": int(len(labels)), **flagged}
 
 
 def _write_predictions(run_dir: Path, source: DataSource, logits: dict) -> None:

@@ -299,7 +299,7 @@ def counts_figure(counts: dict[str, list[int]], title: str = "Images per grade")
 
 
 def probability_figure(probs: dict[str, list[float]], spread: tuple[list[float], list[float]] | None = None,
-                       title: str = "", height: int = 260) -> go.Figure:
+                       title: str = "", height: int = 260, colours: list[str] | None = None) -> go.Figure:
     """The five grade probabilities of one image as horizontal bars, one colour per model.
 
     ``spread`` (lowest, highest) across models draws as error bars on the first series.
@@ -312,9 +312,59 @@ def probability_figure(probs: dict[str, list[float]], spread: tuple[list[float],
             error = dict(type="data", symmetric=False, color="#444", thickness=1.5,
                          array=[h - v for h, v in zip(hi, p)], arrayminus=[v - l for l, v in zip(lo, p)])
         fig.add_bar(y=list(GRADE_NAMES), x=p, orientation="h", name=label, error_x=error,
-                    marker_color=PALETTE[i % len(PALETTE)],
+                    marker_color=(colours or PALETTE)[i % len(colours or PALETTE)],
                     hovertemplate="%{y}: %{x:.1%}<extra>" + label + "</extra>")
     fig.update_layout(barmode="group", showlegend=len(probs) > 1)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", title="probability")
     fig.update_yaxes(autorange="reversed")
     return _style(fig, title, height)
+
+
+CAM_SCALE = "Turbo"
+CAM_MAX_CELLS = 64  # the heat map is drawn on at most this grid (a Grad-CAM has 7-16 cells a side)
+
+
+def cam_figure(image, heat: np.ndarray, mask: np.ndarray | None = None, opacity: float = 0.5,
+               title: str = "") -> go.Figure:
+    """A photo with its Grad-CAM drawn over it on a colour scale with a colour bar.
+
+    ``heat`` is (H, W) in [0, 1] at the photo's size; outside ``mask`` (the field of view)
+    the photo shows uncoloured. Hover reads the value under the pointer.
+    """
+    from PIL import Image
+
+    shown = image.convert("RGB")
+    w, h = shown.size
+    mask = np.ones((h, w), bool) if mask is None else mask
+    heat_img = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
+    gw, gh = min(CAM_MAX_CELLS, w), min(CAM_MAX_CELLS, h)
+    grid = np.asarray(heat_img.resize((gw, gh), Image.BILINEAR), dtype=np.float64)
+    inside = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((gw, gh), Image.BILINEAR)) > 127
+    z = np.where(inside, grid, np.nan)
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    shown.save(buf, "PNG")  # a data URI is a fraction of the size of a JSON pixel array
+    fig = go.Figure(go.Image(source="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+                             hoverinfo="skip"))
+    fig.add_heatmap(z=z, x0=(w / gw - 1) / 2, dx=w / gw, y0=(h / gh - 1) / 2, dy=h / gh, zmin=0, zmax=1,
+                    colorscale=CAM_SCALE, opacity=opacity, hoverongaps=False,
+                    colorbar=dict(title=dict(text="Grad-CAM", side="right"), thickness=10, len=0.9,
+                                  tickvals=[0, 0.5, 1], ticktext=["low", "", "high"]),
+                    hovertemplate="Grad-CAM %{z:.2f}<extra></extra>")
+    fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
+    fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
+    fig.update_layout(height=h + (40 if title else 10), title=dict(text=title, x=0, font=dict(size=13)),
+                      margin=dict(l=0, r=0, t=30 if title else 0, b=0), template="plotly_white")
+    return fig
+
+
+VERDICT_COLOURS = {"usable": "green", "weak": "orange", "no better than guessing": "red"}
+
+
+def verdict_badge(trust: dict | None) -> str:
+    """The verdict as Streamlit markdown, coloured: :green[usable], :orange[weak], :red[...]."""
+    if not trust:
+        return ":gray[not judged]"
+    return f":{VERDICT_COLOURS.get(trust['verdict'], 'gray')}[**{trust['verdict']}**]"

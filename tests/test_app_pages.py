@@ -3,6 +3,7 @@ needs, empty states that say what to do, clear errors for bad input."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_fixtures import write_four, write_run
-from conftest import fundus_image, jpeg_bytes
+import numpy as np
+from PIL import Image
+
+from conftest import fundus_image, jpeg_bytes, png_bytes
 from retino_core import launch, runs
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
@@ -44,6 +48,12 @@ def no_worker(monkeypatch: pytest.MonkeyPatch) -> list:
 @pytest.fixture
 def four(runs_dir: Path) -> list[Path]:
     return write_four(runs_dir)
+
+
+@pytest.fixture
+def good_run(runs_dir: Path, usable_run: Path) -> Path:
+    """The session's usable run (an easy task learned), copied into this test's runs folder."""
+    return Path(shutil.copytree(usable_run, runs_dir / usable_run.name))
 
 
 @pytest.fixture
@@ -218,43 +228,104 @@ def test_compare_with_one_configuration_says_what_is_missing(real_run: Path) -> 
     assert not at.exception
 
 
-def test_classify_grades_an_upload_with_grad_cam(real_run: Path) -> None:
+def easy_eye(grade: int = 0, size: int = 28, seed: int = 0) -> bytes:
+    """A picture like the usable run's training images (28 px, as they were)."""
+    return jpeg_bytes(fundus_image(size, seed=seed, grade=grade, easy=True))
+
+
+def test_classify_grades_an_upload_with_grad_cam(good_run: Path) -> None:
     at = open_page("classify")
-    assert at.multiselect[0].value == [real_run.name]
-    at.file_uploader[0].set_value(("eye.jpg", jpeg_bytes(fundus_image(64)), "image/jpeg")).run()
+    assert at.multiselect[0].value == [good_run.name]
+    at.file_uploader[0].set_value(("eye.jpg", easy_eye(), "image/jpeg")).run()
     assert not at.exception and not at.error
     assert any("predicted grade" in m.label for m in at.metric)
-    assert len(at.get("image")) >= 2  # the photo and its Grad-CAM overlay
+    assert "usable" in texts(at)
+    # The probabilities, the ensemble bars and a Grad-CAM figure with a colour bar.
+    def cam_opacity() -> float:
+        (cam,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Grad-CAM" in c.proto.spec]
+        heat = cam["data"][1]
+        assert heat["type"] == "heatmap" and heat["colorbar"]["title"]["text"] == "Grad-CAM"
+        return heat["opacity"]
+
+    assert cam_opacity() == 0.5
+    assert "Grad-CAM for No DR (layer1, 8×8 cells" in texts(at)  # a 32 px run: layer2 would be 4×4
+    at.slider(key="cam_opacity").set_value(0.8).run()
+    assert cam_opacity() == 0.8
 
 
-def test_classify_says_which_upload_is_not_an_image(real_run: Path) -> None:
+def test_classify_refuses_to_grade_with_a_model_that_learned_nothing(real_run: Path) -> None:
+    """A 1-epoch run on 16 test images is no better than guessing: a banner, no grade."""
+    at = open_page("classify")
+    at.file_uploader[0].set_value(("eye.jpg", jpeg_bytes(fundus_image(64)), "image/jpeg")).run()
+    assert not at.exception
+    assert "None of the chosen models is usable" in at.error[0].value
+    assert "no better than guessing" in at.error[0].value
+    assert not any("predicted grade" in m.label for m in at.metric)
+    assert "would say" in texts(at)
+
+
+def test_classify_leaves_a_model_that_is_not_usable_out_of_the_ensemble(good_run: Path, real_run: Path) -> None:
+    at = open_page("classify")
+    at.multiselect[0].set_value([good_run.name, real_run.name])
+    at.file_uploader[0].set_value(("eye.jpg", easy_eye(), "image/jpeg"))
+    at.toggle(key="grad_cam").set_value(False)
+    at.run()
+    assert not at.exception
+    assert "Left out of the ensemble" in at.warning[0].value and real_run.name.split("-")[-1] in at.warning[0].value
+    assert any(m.label.startswith(f"{'resnet18 / scratch'}") and "predicted grade" in m.label for m in at.metric)
+    at.toggle(key="include_all").set_value(True).run()
+    assert any(m.label.startswith("Ensemble of 2 models") for m in at.metric)
+
+
+def test_classify_does_not_grade_what_is_not_a_fundus_photo(good_run: Path) -> None:
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    strip = Image.new("RGB", (2000, 200), (250, 250, 250))
+    at = open_page("classify")
+    at.file_uploader[0].set_value([("noise.png", png_bytes(noise), "image/png"),
+                                   ("strip.png", png_bytes(strip), "image/png"),
+                                   ("eye.jpg", easy_eye(), "image/jpeg")])
+    at.toggle(key="grad_cam").set_value(False)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["in_distribution"]) == [False, False, True]
+    assert table["status"][0].startswith("not graded") and table["status"][2] == "graded"
+    assert "close to square" in table["warnings"][1]
+    at.selectbox[0].set_value(0).run()
+    assert "does not look like the photos the model was trained on" in at.warning[0].value
+    assert not any("predicted grade" in m.label for m in at.metric)
+
+
+def test_classify_says_which_upload_is_not_an_image(good_run: Path) -> None:
     at = open_page("classify")
     at.file_uploader[0].set_value([("notes.png", b"not an image at all", "image/png"),
-                                   ("eye.png", jpeg_bytes(fundus_image(64)), "image/png")])
+                                   ("eye.png", easy_eye(), "image/png")])
     at.run()
     assert not at.exception
     assert "notes.png" in at.error[0].value and "not a recognised image" in at.error[0].value
     assert any("predicted grade" in m.label for m in at.metric)  # the good one is still graded
 
 
-def test_classify_several_images_gives_a_table(real_run: Path) -> None:
+def test_classify_several_images_gives_a_table(good_run: Path) -> None:
     at = open_page("classify")
-    at.file_uploader[0].set_value([(f"eye{i}.jpg", jpeg_bytes(fundus_image(64, seed=i, grade=i)), "image/jpeg")
-                                   for i in range(3)])
+    at.file_uploader[0].set_value([(f"eye{i}.jpg", easy_eye(i, seed=i), "image/jpeg") for i in range(3)])
     at.toggle(key="grad_cam").set_value(False)  # faster
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["image"]) == ["eye0.jpg", "eye1.jpg", "eye2.jpg"]
+    assert list(table["grade"]) == [0, 1, 2]  # the easy task: a usable model gets them right
     assert at.get("download_button")
 
 
-def test_classify_ensembles_several_models(real_run: Path, runs_dir: Path) -> None:
-    twin = shutil.copytree(real_run, runs_dir / f"{real_run.name}-twin")
+def test_classify_ensembles_several_models(good_run: Path, runs_dir: Path) -> None:
+    twin = shutil.copytree(good_run, runs_dir / f"{good_run.name}-twin")
     at = open_page("classify")
-    at.multiselect[0].set_value([real_run.name, twin.name])
-    at.checkbox[0].check()  # the bundled sample photo
+    at.multiselect[0].set_value([good_run.name, twin.name])
+    at.file_uploader[0].set_value(("eye.jpg", easy_eye(3), "image/jpeg"))
     at.toggle(key="tta").set_value(True)
+    at.toggle(key="grad_cam").set_value(False)
     at.run()
     assert not at.exception
     assert any(m.label.startswith("Ensemble") for m in at.metric)
