@@ -124,7 +124,7 @@ def other_warnings(k: int) -> list[str]:
 def cam(run_id: str, k: int, grade: int) -> None:
     from retino_core.ood import field_of_view_mask
 
-    shown = images[k].copy()
+    shown = viz.display_image(images[k].copy(), OVERLAY_SIDE)  # small ones up, large ones down
     shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
     heat = predictors[run_id].grad_cam(shown, target=grade)
     st.plotly_chart(viz.cam_figure(shown, heat, field_of_view_mask(shown), opacity),
@@ -146,9 +146,10 @@ def model_card(run_id: str, k: int) -> None:
             st.markdown(f":gray[**{labels[run_id]}**] · {viz.verdict_badge(verdict)}  \n"
                         f":gray[would say {g} · {GRADE_NAMES[g]} ({viz.percent(float(probs[run_id][k, g]))})]")
             st.caption(trust.warning(verdict))
-        st.plotly_chart(viz.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
-                                               colours=None if usable[run_id] else ["#b0b0b0"]),
-                        width="stretch", key=f"p-{run_id}-{k}")
+        if len(predictors) > 1 or not members:  # a single usable model's bars are the answer's, above
+            st.plotly_chart(viz.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
+                                                   colours=None if usable[run_id] else ["#b0b0b0"]),
+                            width="stretch", key=f"p-{run_id}-{k}")
         st.caption(predictors[run_id].domain())
         if show_cam:
             cam(run_id, k, g)

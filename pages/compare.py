@@ -3,7 +3,7 @@ whole comparison as a downloadable report."""
 
 import streamlit as st
 
-from retino_core import report, runs, viz
+from retino_core import report, runs, trust, viz
 
 if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
     st.session_state.return_to = "pages/compare.py"
@@ -40,24 +40,31 @@ if trained < 4:
     st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "
             "as the others finish.")
 
-metric = st.radio("Accuracy in the table", ["best_test_acc_over_epochs", "test_acc"], horizontal=True,
-                  format_func={"best_test_acc_over_epochs": "best test accuracy over epochs (the lab report's)",
-                               "test_acc": "test accuracy of the checkpoint chosen on validation"}.get,
-                  help="The best epoch on the test set flatters a model (it is chosen on the test data); "
-                       "the checkpoint chosen on validation is the honest number.")
-left, right = st.columns(2)
+metric = st.radio("Accuracy in the table", ["test_acc_verdict", "best_test_acc_over_epochs"], horizontal=True,
+                  format_func={"test_acc_verdict": "checkpoint chosen on validation, with its 95 % interval and verdict",
+                               "best_test_acc_over_epochs": "best test epoch — optimistic, chosen on test "
+                                                            "(the lab report's number)"}.get,
+                  help="The checkpoint chosen on validation is the honest number. The best epoch on the test "
+                       "set flatters a model: it is chosen on the very data it is scored on.")
+left, right = st.columns([3, 2])
 left.markdown("**Test accuracy**")
-left.table(report.table_2x2(frame, metric).map(viz.percent))
+left.table(report.table_2x2(frame, metric).map(viz.percent if metric != "test_acc_verdict" else lambda v: v or "–"))
 right.markdown("**Quadratic weighted kappa (test)**")
 right.table(report.table_2x2(frame, "test_qwk").map(viz.number))
 baselines = {viz.percent(b) for b in frame["test_majority_acc"].dropna()}
 if baselines:
-    st.caption(f"Majority-class baseline (always the commonest grade): {', '.join(sorted(baselines))} of test images.")
+    st.caption(f"Majority-class baseline (always the commonest grade): {', '.join(sorted(baselines))} of test images. "
+               + report.VERDICT_RULES)
+not_usable = frame[frame["verdict"].notna() & (frame["verdict"] != trust.USABLE)]
+if not not_usable.empty:
+    kind = "error" if (frame["verdict"].dropna() != trust.USABLE).all() else "warning"
+    getattr(st, kind)("**Not to be trusted:** " + "; ".join(
+        f"{r['configuration']} is {r['verdict']}" for _, r in not_usable.iterrows()) + ". Reasons below.")
 for line in report.findings(frame):
     st.markdown(f"- {line}")
 
 with st.expander("All numbers"):
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+    st.dataframe(frame.drop(columns=["test_acc_ci"]), hide_index=True, width="stretch", column_config={
         c: st.column_config.NumberColumn(format="percent")
         for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
 

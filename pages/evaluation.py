@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import evaluation, metrics, runs, viz
+from retino_core import evaluation, metrics, runs, trust, viz
 
 if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
     st.session_state.return_to = "pages/evaluation.py"
@@ -58,9 +58,8 @@ test = scores["test"]
 val = scores.get("val")
 
 s = run.summary
-if s.get("test_collapsed"):
-    st.error(f"Collapsed model: {viz.percent(s.get('test_collapse_share'))} of the test images are predicted as "
-             f"grade {s.get('test_collapse_grade')}. Its accuracy is that grade's share of the test set, not skill.")
+kind, text = trust.notice(trust.of_summary(s))
+getattr(st, kind)(text)
 c = st.columns(5)
 c[0].metric("test accuracy", viz.percent(s.get("test_acc")), help=f"majority baseline {viz.percent(s.get('test_majority_acc'))}")
 c[1].metric("QWK", viz.number(s.get("test_qwk")))

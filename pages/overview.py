@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, viz
+from retino_core import launch, report, runs, trust, viz
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
 from retino_core.data import DataError, ImageError, open_source
 
@@ -104,9 +104,10 @@ def configuration_cards() -> None:
                       help="quadratic weighted kappa: agreement with the graders, 0 = chance, 1 = perfect")
             st.caption(f"referable-DR AUC {viz.number(s.get('test_referable_auc'))} · "
                        f"trained {viz.duration(s.get('train_seconds'))}")
-            if s.get("test_collapsed"):
-                st.warning(f"Collapsed: {viz.percent(s.get('test_collapse_share'))} of test images get "
-                           f"one grade ({GRADE_NAMES[int(s.get('test_collapse_grade') or 0)]}).", icon="⚠️")
+            verdict = trust.of_summary(s)
+            st.markdown(f"verdict: {viz.verdict_badge(verdict)}")
+            if verdict and verdict["reasons"]:
+                st.caption(verdict["reasons"][0])
 
 
 configuration_cards()

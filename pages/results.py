@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import runs, viz
+from retino_core import runs, trust, viz
 from retino_core.config import GRADE_NAMES
 from retino_core.data import DataError, ImageError, open_source
 
@@ -62,10 +62,19 @@ c[3].metric("referable-DR AUC", viz.number(s.get("referable_auc")),
             help="how well P(grade ≥ 2) separates moderate-or-worse from the rest")
 c[4].metric("best epoch", f"{run.summary.get('best_epoch', '–')} / {run.config.get('epochs', '?')}",
             help=f"checkpoint chosen on {run.summary.get('selected_on', '?')} {run.config.get('select_metric', '')}")
-if s.get("collapsed"):
-    st.warning(f"This model has collapsed: {viz.percent(s.get('collapse_share'))} of the {split} images get "
-               f"the grade {GRADE_NAMES[int(s.get('collapse_grade') or 0)]}. Its accuracy mostly measures the "
-               "class balance.", icon="⚠️")
+verdict = trust.of_summary(run.summary)
+kind, text = trust.notice(verdict)
+getattr(st, kind)(text)
+if verdict and verdict.get("split") != split:
+    st.caption(f"The verdict rests on the {verdict.get('split')} split; the numbers above are {split}.")
+detector = run.summary.get("ood")
+if detector:
+    st.caption(f"Out-of-distribution check: {viz.percent(detector.get('test_flagged_share'))} of the test photos look "
+               f"unlike the training ones to the model (threshold: the {detector.get('calibrated_on')} split's "
+               f"{100 * detector.get('quantile', 0.99):.0f}th percentile). Classify does not grade such photos.")
+with st.expander("Configuration of this run"):
+    st.dataframe(pd.DataFrame({"setting": list(run.config), "value": [str(v) for v in run.config.values()]}),
+                 hide_index=True, width="stretch")
 
 left, right = st.columns([3, 2])
 with left:

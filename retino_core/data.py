@@ -183,7 +183,7 @@ def _decode(fh, label: str, load: bool = True) -> Image.Image:
                 f"{label}: HEIC/HEIF/AVIF photos are not supported; export or convert it to JPEG"
             ) from None
         raise ImageError(
-            f"{label}: not a recognised image file (expected JPEG or PNG)"
+            f"{label}: not a recognised image file (expected JPEG, PNG, TIFF, WebP, BMP or GIF)"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{label}: refused as a decompression bomb ({err})") from None

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from . import runs, viz
+from . import runs, trust, viz
 from .config import ARCHS, GRADE_NAMES, TrainConfig, make_config
 
 # The lab report's 2x2 table: rows with / without pretraining, columns ResNet18 / ResNet50.
@@ -75,6 +75,7 @@ def comparison_frame(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
     rows = []
     for (arch, pretrained), (name, run) in zip(FOUR, four.items()):
         s = run.summary if run else {}
+        verdict = trust.of_summary(s) if run else None
         rows.append({
             "configuration": name, "model": COLUMN_NAMES[arch], "pretraining": ROW_NAMES[pretrained],
             "run": run.run_id if run else None,
@@ -85,8 +86,22 @@ def comparison_frame(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
             "test_collapse_share": s.get("test_collapse_share"),
             "test_collapse_grade": s.get("test_collapse_grade"), "best_epoch": s.get("best_epoch"),
             "epochs": (run.config.get("epochs") if run else None), "train_seconds": s.get("train_seconds"),
+            "verdict": verdict["verdict"] if verdict else None,
+            "verdict_reasons": " ".join(verdict["reasons"]) if verdict else None,
+            "test_acc_ci": (verdict or {}).get("checks", {}).get("acc_ci"),
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["test_acc_verdict"] = [_acc_with_verdict(r) for _, r in frame.iterrows()]
+    return frame
+
+
+def _acc_with_verdict(row: pd.Series) -> str | None:
+    """'55.3 % (50.4–60.1) · usable': the honest accuracy, its 95 % interval and the verdict."""
+    if row["test_acc"] is None or pd.isna(row["test_acc"]):
+        return None
+    ci = row["test_acc_ci"]
+    interval = f" ({viz.percent(ci[0])}–{viz.percent(ci[1])})" if isinstance(ci, (list, tuple)) else ""
+    return f"{viz.percent(row['test_acc'])}{interval} · {row['verdict'] or 'not judged'}"
 
 
 def table_2x2(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -98,32 +113,44 @@ def table_2x2(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def findings(frame: pd.DataFrame) -> list[str]:
-    """Plain sentences about what the numbers show: collapse, baseline, the winner."""
+    """Plain sentences about what the numbers show: each verdict that is not usable, the winner."""
     out = []
     done = frame.dropna(subset=["test_acc"])
     if done.empty:
         return ["No configuration has finished yet."]
     for _, row in done.iterrows():
-        base = row["test_majority_acc"]
-        if row["test_collapsed"]:
-            grade = GRADE_NAMES[int(row["test_collapse_grade"] or 0)]
-            out.append(f"{row['configuration']} answers {grade} for {viz.percent(row['test_collapse_share'])} "
-                       "of the test images: it has collapsed onto one grade.")
-        elif base is not None and pd.notna(base) and row["test_acc"] <= base + 0.01:
-            out.append(f"{row['configuration']} is no better than always answering the commonest grade "
-                       f"({viz.percent(row['test_acc'])} vs a baseline of {viz.percent(base)}).")
-    best = done.sort_values(["test_qwk", "test_acc"], ascending=False, na_position="last").iloc[0]
-    out.append(f"Best agreement with the graders: {best['configuration']} "
-               f"(QWK {viz.number(best['test_qwk'])}, accuracy {viz.percent(best['test_acc'])}).")
+        if row["verdict"] and row["verdict"] != trust.USABLE:
+            out.append(f"{row['configuration']} is {row['verdict']}: {row['verdict_reasons']}")
+    usable = done[done["verdict"] == trust.USABLE]
+    if usable.empty:
+        out.append("None of the trained configurations is usable on this data: no grade from them should be "
+                   "taken as an answer.")
+    else:
+        best = usable.sort_values(["test_qwk", "test_acc"], ascending=False, na_position="last").iloc[0]
+        out.append(f"Best agreement with the graders among usable models: {best['configuration']} "
+                   f"(QWK {viz.number(best['test_qwk'])}, accuracy {viz.percent(best['test_acc'])} against "
+                   f"{viz.percent(best['test_majority_acc'])} for always the commonest grade).")
     missing = frame.loc[frame["test_acc"].isna(), "configuration"].tolist()
     if missing:
         out.append(f"Not trained yet on this data: {', '.join(missing)}.")
     return out
 
 
+VERDICT_RULES = ("Verdicts: usable, weak, or no better than guessing, from the accuracy against that baseline "
+                 "(exact binomial test), macro AUC, quadratic weighted kappa, collapse onto one grade and "
+                 "calibration; the reasons are under Findings.")
+
+
+def _baselines(frame: pd.DataFrame) -> str:
+    values = sorted({viz.percent(b) for b in frame["test_majority_acc"].dropna()})
+    return ", ".join(values) if values else "–"
+
+
 def _fmt_cell(value, metric: str) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
+    if metric in ("best_epoch", "epochs"):
+        return str(int(value))
     if "_acc" in metric or metric.endswith("_share"):
         return viz.percent(value)
     if metric == "train_seconds":
@@ -174,15 +201,17 @@ def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
     frame = comparison_frame(four)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Diabetic-retinopathy grading: four configurations on {viz.data_label(data or '')}"
-    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc", "best_test_acc_over_epochs", "test_qwk"))
-    detail_cols = ["configuration", "run", "test_acc", "best_test_acc_over_epochs", "test_majority_acc",
+    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs", "test_qwk"))
+    detail_cols = ["configuration", "run", "verdict", "test_acc", "best_test_acc_over_epochs", "test_majority_acc",
                    "test_qwk", "test_auc", "test_referable_auc", "test_macro_f1", "test_collapsed",
                    "best_epoch", "epochs", "train_seconds"]
     detail = frame[detail_cols]
     notes = findings(frame)
     md = "\n\n".join([
         f"# {title}", f"Generated {stamp}. Grades: " + ", ".join(f"{i} {n}" for i, n in enumerate(GRADE_NAMES)) + ".",
-        "## Test accuracy of the checkpoint chosen on validation", markdown_table(acc, {c: "test_acc" for c in acc}, index=True),
+        "## Test accuracy of the checkpoint chosen on validation, its 95 % interval and how far to trust it",
+        markdown_table(acc, index=True),
+        f"Always answering the commonest grade scores {_baselines(frame)} on these test images. {VERDICT_RULES}",
         "## Best test accuracy over epochs (the lab report's number; chosen on test, so optimistic)",
         markdown_table(best, {c: "test_acc" for c in best}, index=True),
         "## Quadratic weighted kappa (test)", markdown_table(qwk, {c: "test_qwk" for c in qwk}, index=True),
@@ -203,7 +232,8 @@ def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
 table.t{{border-collapse:collapse;margin:0.5em 0 1.5em}} .t td,.t th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>Generated {stamp}.</p>
-<h2>Test accuracy (checkpoint chosen on validation)</h2>{table_html(acc, "test_acc")}
+<h2>Test accuracy (checkpoint chosen on validation), its 95 % interval and how far to trust it</h2>{table_html(acc)}
+<p>Always answering the commonest grade scores {html.escape(_baselines(frame))} on these test images. {html.escape(VERDICT_RULES)}</p>
 <h2>Best test accuracy over epochs (lab report's number; optimistic)</h2>{table_html(best, "test_acc")}
 <h2>Quadratic weighted kappa (test)</h2>{table_html(qwk, "test_qwk")}
 <h2>All numbers</h2>{table_html(detail, index=False)}

@@ -183,6 +183,20 @@ def warning(trust: dict | None) -> str:
     return f"This model is {trust['verdict']}: " + " ".join(trust["reasons"])
 
 
+NOTICE_KINDS = {USABLE: "success", WEAK: "warning", GUESSING: "error"}
+
+
+def notice(trust: dict | None) -> tuple[str, str]:
+    """How a page shows the verdict: a Streamlit notice kind (success / warning / error / info)
+    and its Markdown, the verdict first, then what it rests on and why."""
+    if not trust:
+        return "info", "**Not judged**: this run has no test results."
+    text = f"**{trust['verdict'].capitalize()}.** {trust.get('basis', '').capitalize()}."
+    if trust["reasons"]:
+        text += "\n\n" + "\n".join(f"- {r}" for r in trust["reasons"])
+    return NOTICE_KINDS.get(trust["verdict"], "info"), text
+
+
 def label(trust: dict | None) -> str:
     """A short label for tables: the verdict, or 'not judged'."""
     return trust["verdict"] if trust else "not judged"

@@ -355,7 +355,7 @@ def cam_figure(image, heat: np.ndarray, mask: np.ndarray | None = None, opacity:
                     hovertemplate="Grad-CAM %{z:.2f}<extra></extra>")
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5])
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x")
-    fig.update_layout(height=h + (40 if title else 10), title=dict(text=title, x=0, font=dict(size=13)),
+    fig.update_layout(height=max(h, 200) + (40 if title else 10), title=dict(text=title, x=0, font=dict(size=13)),
                       margin=dict(l=0, r=0, t=30 if title else 0, b=0), template="plotly_white")
     return fig
 

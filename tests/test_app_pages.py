@@ -3,6 +3,7 @@ needs, empty states that say what to do, clear errors for bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -111,7 +112,11 @@ def test_overview_cards_show_the_four_configurations(four, runs_dir: Path) -> No
     at = open_page("overview")
     assert [m.label for m in at.metric].count("test accuracy") == 4
     assert [m.label for m in at.metric].count("QWK") == 4
-    assert "Collapsed" in at.warning[0].value  # resnet50 / scratch answers one grade
+    # resnet50 / scratch answers one grade: its card carries the verdict and why.
+    assert "no better than guessing" in texts(at) and "collapsed onto one grade" in texts(at)
+    badges = [m.value for m in at.markdown if m.value.startswith("verdict:")]
+    assert sorted(b.split("[**")[1].split("**]")[0] for b in badges) == [
+        "no better than guessing", "usable", "usable", "weak"]  # scratch ResNet18: QWK 0.33
 
 
 def test_overview_trains_all_four(runs_dir: Path, no_worker: list) -> None:
@@ -205,7 +210,11 @@ def test_results_warns_about_a_collapsed_model(four, runs_dir: Path) -> None:
     at = open_page("results")
     collapsed = next(r for r in runs.list_runs(runs_dir) if r.configuration == "resnet50 / scratch")
     at.selectbox[0].set_value(collapsed.run_id).run()
-    assert "collapsed" in at.warning[0].value
+    assert at.error[0].value.startswith("**No better than guessing.**")
+    assert "collapsed onto one grade" in at.error[0].value and "43.5 %" in at.error[0].value
+    good = next(r for r in runs.list_runs(runs_dir) if r.configuration == "resnet18 / pretrained")
+    at.selectbox[0].set_value(good.run_id).run()
+    assert not at.error and at.success[0].value.startswith("**Usable.**")
 
 
 def test_results_of_a_real_run(real_run: Path) -> None:
@@ -219,6 +228,11 @@ def test_compare_lays_out_the_four(four, runs_dir: Path) -> None:
     assert len(at.table) == 2  # accuracy and QWK, 2x2 each
     assert len(at.get("plotly_chart")) == 3  # ResNet18 curves, ResNet50 curves, the four matrices
     assert "collapsed" in texts(at)
+    # The honest number first, with its interval and verdict; the test-chosen epoch only on request.
+    accuracy = at.table[0].value
+    assert accuracy.loc["from scratch", "ResNet50"].endswith("· no better than guessing")
+    assert accuracy.loc["ImageNet pretrained", "ResNet18"].endswith("· usable") and "–" in accuracy.iloc[0, 0]
+    assert "resnet50 / scratch is no better than guessing" in at.warning[0].value
     assert at.get("download_button")
 
 
@@ -337,3 +351,14 @@ def test_live_of_a_real_run(real_run: Path) -> None:
     at = open_page("live")
     assert at.multiselect[0].value == [real_run.name]
     assert len(at.get("plotly_chart")) == 2
+
+
+@pytest.mark.parametrize("fmt, suffix", [("TIFF", "tif"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif")])
+def test_classify_accepts_every_format_the_readme_lists(good_run: Path, fmt: str, suffix: str) -> None:
+    buf = io.BytesIO()
+    fundus_image(28, seed=4, grade=1, easy=True).save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    at = open_page("classify")
+    at.toggle(key="grad_cam").set_value(False)
+    at.file_uploader[0].set_value((f"eye.{suffix}", buf.getvalue(), f"image/{suffix}")).run()
+    assert not at.exception and not at.error
+    assert any("predicted grade" in m.label and m.value == "1 · Mild" for m in at.metric)

@@ -27,6 +27,55 @@ def test_train_prints_the_run_folder_last(tiny_npz, runs_dir, capsys):
     assert config["image_size"] == 32 and config["preset"] == "cpu" and config["data"] == str(tiny_npz)
 
 
+@pytest.mark.parametrize("recipe, summary_check, reason", [
+    # A learning rate that blows the weighted loss up: every test image gets one grade.
+    (["--loss", "weighted_ce", "--lr", "0.05"], lambda s: s["test_collapsed"], "collapsed onto one grade"),
+    # One that moves nothing: scores under always answering the commonest grade.
+    (["--lr", "1e-9", "--ema", "0"], lambda s: s["test_acc"] < s["test_majority_acc"], "is not above always answering"),
+], ids=["collapsed", "below-baseline"])
+def test_a_model_that_learned_nothing_says_so_at_every_door(tiny_npz, runs_dir, capsys, recipe, summary_check, reason):
+    argv = ["train", "--data", str(tiny_npz), "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--quiet"]
+    assert main(argv + recipe) == 0
+    out, err = capsys.readouterr()
+    run_dir = Path(out.strip().splitlines()[-1])  # stdout's last line is still the run folder
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary_check(summary)
+    assert summary["trust"]["verdict"] == "no better than guessing" and any(reason in r for r in summary["trust"]["reasons"])
+    assert err.strip().splitlines()[-1].startswith("verdict: no better than guessing (test accuracy")
+    assert reason in err
+
+    assert main(["runs"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(run_dir.name))
+    assert row.endswith("no better than guessing")
+    assert main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["trust"]["verdict"] == "no better than guessing"
+
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", run_dir.name, "--json"]) == 0
+    graded = json.loads(capsys.readouterr().out.strip())
+    assert graded["trust"]["verdict"] == "no better than guessing"
+    assert graded["warnings"][0].startswith("This model is no better than guessing") and reason in graded["warnings"][0]
+    assert isinstance(graded["ood_score"], float) and isinstance(graded["in_distribution"], bool)
+    assert main(["predict", str(SAMPLE_IMAGE), "--run", run_dir.name]) == 0
+    assert "warning: This model is no better than guessing" in capsys.readouterr().err
+
+
+def test_predict_json_of_a_usable_model_on_photos_like_and_unlike_its_training(usable_run, tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import fundus_image
+
+    eye, strip = tmp_path / "eye.png", tmp_path / "strip.png"
+    fundus_image(28, seed=7, grade=3, easy=True).save(eye)
+    Image.new("RGB", (2000, 200), (200, 100, 50)).save(strip)
+    assert main(["predict", str(eye), str(strip), "--run", str(usable_run), "--json"]) == 0
+    good, bad = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert good["trust"]["verdict"] == "usable" and good["warnings"] == [] and good["in_distribution"] is True
+    assert good["grade"] == 3 and good["ood_score"] <= good["ood_threshold"]
+    assert bad["in_distribution"] is False and "2000×200" in " ".join(bad["warnings"])
+    assert main(["predict", str(strip), "--run", str(usable_run)]) == 0
+    assert "not graded: out of distribution" in capsys.readouterr().out
+
+
 def test_train_with_bad_data_makes_no_run(tmp_path, runs_dir, capsys):
     assert main(["train", "--data", str(tmp_path), *TINY_ARGS]) == 2
     assert "lacks train_img.csv" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appserver import start_app, stop_app
-from conftest import fundus_image, jpeg_bytes, write_tiny_npz
+from conftest import fundus_image, jpeg_bytes, train_easy_run, write_easy_npz, write_tiny_npz
 from retino_core import launch, runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,9 +157,21 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
     bogus.write_text("not an image")
     open_page(page, f"{url}/classify", "Classify")
     page.locator("input[type=file]").set_input_files([str(photo), str(bogus)])
-    expect(page.get_by_text("predicted grade").first).to_be_visible()
+    # Two epochs of four steps learn nothing: a banner says so before anything that looks like a grade.
+    expect(page.get_by_text("None of the chosen models is usable").first).to_be_visible()
     expect(page.get_by_text("not a recognised image file").first).to_be_visible()
-    expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
+    expect(page.get_by_text("predicted grade")).to_have_count(0)
+    screenshot(page, "classify-not-usable")
+
+    # A run that learned its (easy) task grades a photo like its training ones, with Grad-CAM.
+    train_easy_run(runs_dir, write_easy_npz(tmp_path / "easy.npz"))
+    eye = tmp_path / "eye28.png"
+    fundus_image(28, seed=3, grade=2, easy=True).save(eye)
+    open_page(page, f"{url}/classify", "Classify")
+    page.locator("input[type=file]").set_input_files([str(eye)])
+    expect(page.get_by_text("predicted grade").first).to_be_visible()
+    expect(page.get_by_text("2 · Moderate").first).to_be_visible()
+    expect(page.get_by_text("Grad-CAM for Moderate").first).to_be_visible()
     screenshot(page, "classify")
 
     open_page(page, f"{url}/compare", "Compare")

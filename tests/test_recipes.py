@@ -98,3 +98,45 @@ def test_cpu_preset_gives_resnet50_fewer_epochs_unless_told():
     assert make_config("cpu", arch="resnet50").epochs == PRESET_ARCH["cpu"]["resnet50"]["epochs"]
     assert make_config("cpu", arch="resnet50").epochs < make_config("cpu", arch="resnet18").epochs
     assert make_config("cpu", arch="resnet50", epochs=3).epochs == 3
+
+
+def _ema_follow_share(ema_fn) -> float:
+    """How far an EMA has followed a model after 6 SGD steps, as a share of the model's move."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    start = [p.detach().clone() for p in model.parameters()]
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(64, 8), torch.randint(0, 5, (64,))
+    ema.update_parameters(model)
+    for _ in range(6):  # a small dataset's epoch: 6 steps
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        ema.update_parameters(model)
+    moved = sum(float((p - s).norm()) for p, s in zip(model.parameters(), start))
+    followed = sum(float((p - s).norm()) for p, s in zip(ema.module.parameters(), start))
+    return followed / moved
+
+
+def test_weight_ema_warms_up_so_a_short_run_is_not_evaluated_on_its_random_start():
+    from retino_core.train import WarmEmaDecay
+
+    fixed = _ema_follow_share(torch.optim.swa_utils.get_ema_multi_avg_fn(0.99))
+    warm = _ema_follow_share(WarmEmaDecay(0.99))
+    assert fixed < 0.1 and warm > 0.5, (fixed, warm)
+    decay = WarmEmaDecay(0.99)
+    assert [round(decay.value(t), 3) for t in (1, 6, 100, 1000)] == [0.405, 0.768, 0.969, 0.99]
+
+
+def test_weight_ema_resumes_its_warm_up_from_the_saved_count():
+    from retino_core.train import weight_ema
+
+    model = torch.nn.Linear(4, 2)
+    ema = weight_ema(model, 0.99)
+    for _ in range(5):
+        ema.update_parameters(model)
+    resumed = weight_ema(model, 0.99)
+    resumed.load_state_dict(ema.state_dict())
+    resumed.update_parameters(model)
+    assert resumed.multi_avg_fn.step == 6 and int(resumed.n_averaged) == 6
