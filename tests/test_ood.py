@@ -127,3 +127,31 @@ def test_grad_cam_at_64_px_has_8_by_8_cells_and_is_masked_outside_the_field_of_v
     heat = predictor.grad_cam(image, target=2)
     assert heat.shape == (128, 128) and heat.max() == pytest.approx(1.0)
     assert heat[:6, :6].max() == 0 and heat[-6:, -6:].max() == 0  # the black corners
+
+
+def test_the_ood_benchmark_runs_on_a_finished_run(usable_run: Path, tmp_path: Path):
+    from conftest import load_bench
+
+    bench = load_bench("ood")
+    assert len(bench.KINDS) == 11
+    rng = np.random.default_rng(0)
+    with np.load(RETINAMNIST_NPZ) as npz:
+        test_images = npz["test_images"][:10]
+    for kind in bench.KINDS:  # every kind makes an image the field-of-view check can read
+        assert bench.made_up(kind, rng, test_images).size[0] >= 50
+    bench.main(["--run", str(usable_run), "--per-kind", "3", "--out", str(tmp_path)])
+    result = __import__("json").loads((tmp_path / "ood.json").read_text())
+    assert result["made_up_images"] == 33 and result["test_images"] == 60
+    assert result["per_kind"]["strip"]["fov_flagged"] == 1.0
+    assert set(result["at_5pct_false_alarms"]) == {"field of view alone", "Mahalanobis alone",
+                                                   "both (as shipped: either flags)"}
+    assert "true-positive rate" in (tmp_path / "ood.md").read_text()
+
+
+def test_tpr_at_five_percent_false_alarms_by_hand():
+    from conftest import load_bench
+
+    bench = load_bench("ood")
+    test = np.arange(100, dtype=float)  # 5 % false alarms allowed: flag scores above 94
+    tpr, fa = bench._tpr_at(test, np.array([50.0, 94.0, 95.0, 200.0]))
+    assert fa == pytest.approx(0.05) and tpr == pytest.approx(0.5)
