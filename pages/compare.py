@@ -3,11 +3,20 @@ whole comparison as a downloadable report."""
 
 import streamlit as st
 
-from retino_core import report, runs, trust, viz
+from retino_core import comparison, report, runs, trust, viz
 
 if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
     st.session_state.return_to = "pages/compare.py"
     st.switch_page("streamlit_app.py")
+
+
+
+@st.cache_data(show_spinner="Comparing every pair on the shared test images…", max_entries=16)
+def pairs_of(chosen: tuple, _stamp: float = 0.0):
+    """The pairwise table of the chosen runs (cached per selection: a bootstrap per pair)."""
+    by_id = {r.run_id: r for r in runs.list_runs()}
+    return comparison.pairs_frame(comparison.all_pairs({name: by_id.get(run_id) for name, run_id in chosen}))
+
 
 st.title("Compare")
 
@@ -34,7 +43,7 @@ with right.expander("Runs compared (newest finished of each configuration)"):
         else:
             st.caption(f"{name}: not trained on this dataset")
 
-frame = report.comparison_frame(four)
+frame = report.comparison_frame(four, all_runs)
 trained = frame["test_acc"].notna().sum()
 if trained < 4:
     st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "
@@ -50,7 +59,7 @@ left, right = st.columns([3, 2])
 left.markdown("**Test accuracy**")
 left.table(report.table_2x2(frame, metric).map(viz.percent if metric != "test_acc_verdict" else lambda v: v or "–"))
 right.markdown("**Quadratic weighted kappa (test)**")
-right.table(report.table_2x2(frame, "test_qwk").map(viz.number))
+right.table(report.table_2x2(frame, "test_qwk_ci_shown").map(lambda v: v or "–"))
 baselines = {viz.percent(b) for b in frame["test_majority_acc"].dropna()}
 if baselines:
     st.caption(f"Majority-class baseline (always the commonest grade): {', '.join(sorted(baselines))} of test images. "
@@ -63,8 +72,21 @@ if not not_usable.empty:
 for line in report.findings(frame):
     st.markdown(f"- {line}")
 
+st.subheader("Is the difference real?")
+pairs = pairs_of(tuple((name, run.run_id if run else None) for name, run in four.items()))
+if pairs.empty:
+    st.caption("Two finished configurations are needed for a comparison.")
+else:
+    st.caption(report.PAIRS_NOTE)
+    for sentence in pairs.get("finding", []):
+        st.markdown(f"- {sentence}")
+    st.dataframe(pairs.drop(columns=["finding"]), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3g") for c in ("McNemar p", "Holm p")
+                                if c in pairs})
+
 with st.expander("All numbers"):
-    st.dataframe(frame.drop(columns=["test_acc_ci"]), hide_index=True, width="stretch", column_config={
+    st.dataframe(frame.drop(columns=[c for c in frame.columns if c.endswith("_ci")]), hide_index=True,
+                 width="stretch", column_config={
         c: st.column_config.NumberColumn(format="percent")
         for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
 
@@ -80,7 +102,31 @@ for i, arch in enumerate(report.COLUMN_NAMES):
 if "confusion" in figures:
     st.plotly_chart(figures["confusion"], width="stretch", key="confusion-grid")
 
+st.subheader("Configurations")
+done = [r for r in all_runs if r.state == "done"]
+if len(done) >= 2:
+    ids = [r.run_id for r in done]
+    by_id = {r.run_id: r for r in done}
+    c = st.columns(2)
+    run_a = c[0].selectbox("Run A", ids, index=0, key="diff_a", format_func=lambda i: f"{i} · {by_id[i].configuration}")
+    run_b = c[1].selectbox("Run B", ids, index=1, key="diff_b", format_func=lambda i: f"{i} · {by_id[i].configuration}")
+    diff = comparison.config_diff(by_id[run_a].config, by_id[run_b].config)
+    differing = diff[diff["differs"]].drop(columns=["differs"])
+    st.markdown(f"**{len(differing)} setting(s) differ**" if len(differing) else "**The configurations are identical.**")
+    if len(differing):
+        st.dataframe(differing, hide_index=True, width="stretch")
+    with st.expander("Every setting"):
+        st.dataframe(diff.drop(columns=["differs"]), hide_index=True, width="stretch")
+    metric_pc = st.selectbox("Colour the runs by", ["test_qwk", "test_acc", "test_auc", "test_referable_auc"],
+                             key="parcoords_metric")
+    hyper = comparison.hyperparameter_frame(done, metric_pc)
+    if len(hyper) >= 2:
+        st.plotly_chart(viz.parallel_coordinates(hyper, metric_pc), width="stretch", key="parcoords")
+        st.caption("Every finished run by its hyperparameters; drag along an axis to filter.")
+else:
+    st.caption("Two finished runs are needed for a side-by-side of their configurations.")
+
 st.download_button("Download the comparison report (zip: Markdown, HTML with figures, CSV)",
-                   data=lambda: report.build_report(four, data, normalize),
+                   data=lambda: report.build_report(four, data, normalize, all_runs),
                    file_name="retino_comparison.zip", mime="application/zip", icon=":material/download:",
                    disabled=trained == 0)

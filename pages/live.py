@@ -20,9 +20,15 @@ if not all_runs:
 by_id = {r.run_id: r for r in all_runs}
 active = [r.run_id for r in all_runs if r.state in runs.ACTIVE_STATES]
 default = active or [r.run_id for r in all_runs[:4]]
-selected = st.multiselect("Runs", list(by_id), default=default, key="live_runs",
-                          format_func=lambda i: f"{viz.short_label(by_id[i])} · {by_id[i].configuration}")
-follow = st.toggle("Also show every queued or running run", value=True)
+# Grouped by configuration (a configuration's seeds sit together), newest first within each.
+selected = st.multiselect("Runs", sorted(by_id, key=lambda i: by_id[i].configuration), default=default,
+                          key="live_runs", format_func=lambda i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])}")
+c = st.columns([2, 2, 1])
+follow = c[0].toggle("Also show every queued or running run", value=True)
+smoothing = c[1].slider("Loss smoothing", 0.0, 0.99, 0.6, 0.01, key="live_smoothing",
+                        help="an exponential moving average of the training loss, as TensorBoard draws it; "
+                             "the raw line stays faint behind")
+log_scale = c[2].toggle("Log scale", value=False, key="live_log")
 
 
 # Fast polling only while something trains; a change in that restarts the page at the other speed.
@@ -53,7 +59,8 @@ def live_view() -> None:
     if not any(steps.values()):
         st.info("No numbers yet: a run writes its first training loss a couple of seconds after it starts.")
         return
-    st.plotly_chart(viz.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)"),
+    st.plotly_chart(viz.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)",
+                                    smoothing=smoothing, log_scale=log_scale),
                     width="stretch", key="live_loss")
     baselines = {viz.short_label(r): (r.summary or r.status.get("progress") or {}).get("test_majority_acc")
                  for r in shown}

@@ -113,19 +113,21 @@ def configuration_cards() -> None:
 configuration_cards()
 
 with st.form("train_four", border=False):
-    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
     preset = left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
                             help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
                                  "lab: the lab report's recipe, unchanged")
+    n_seeds = middle.number_input("Seeds", 1, 10, 1, help="train each configuration this many times (seeds 0, 1, "
+                                  "...): Compare shows the mean ± SD over seeds next to each run's interval")
     clicked = right.form_submit_button("Train all four on this dataset", type="primary",
                                        icon=":material/play_arrow:")
 if clicked:
     try:
-        queued = [launch.enqueue(cfg.to_dict()) for cfg in report.four_configs(preset, data=data)]
+        queued = [launch.enqueue(cfg.to_dict()) for cfg in report.four_configs(preset, seeds=int(n_seeds), data=data)]
     except (ConfigError, DataError, runs.RunError) as err:
         st.error(f"Could not queue the runs: {err}")
     else:
         new = sum(created for _, created in queued)
-        st.success(f"Queued {new} run(s)" + (f"; {4 - new} identical run(s) were already queued or running"
-                                              if new < 4 else "") + ". They train one at a time.")
+        st.success(f"Queued {new} run(s)" + (f"; {len(queued) - new} identical run(s) were already queued or "
+                                              "running" if new < len(queued) else "") + ". They train one at a time.")
         st.page_link("pages/live.py", label="Watch them on the Live page", icon=":material/monitoring:")

@@ -39,7 +39,11 @@ if not finished:
 
 by_id = {r.run_id: r for r in finished}
 left, right = st.columns([3, 1])
-run = by_id[left.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+# Grouped by configuration, newest first within each: a configuration's seeds sit together.
+ordered = sorted(by_id, key=lambda i: by_id[i].configuration)
+run = by_id[left.selectbox("Run", ordered, index=ordered.index(finished[0].run_id),  # the newest
+                           format_func=lambda i: f"{by_id[i].configuration} · {i}"
+                           + (f" · {', '.join(by_id[i].tags)}" if by_id[i].tags else ""))]
 splits = [s for s in ("test", "val") if run.summary.get(f"{s}_confusion")]
 split = right.radio("Split", splits, horizontal=True)
 s = {k[len(split) + 1:]: v for k, v in run.summary.items() if k.startswith(f"{split}_")}
@@ -72,9 +76,21 @@ if detector:
     st.caption(f"Out-of-distribution check: {viz.percent(detector.get('test_flagged_share'))} of the test photos look "
                f"unlike the training ones to the model (threshold: the {detector.get('calibrated_on')} split's "
                f"{100 * detector.get('quantile', 0.99):.0f}th percentile). Classify does not grade such photos.")
-with st.expander("Configuration of this run"):
+left, right = st.columns(2)
+with left.expander("Configuration of this run"):
     st.dataframe(pd.DataFrame({"setting": list(run.config), "value": [str(v) for v in run.config.values()]}),
                  hide_index=True, width="stretch")
+with right.expander(f"Notes and tags{' · ' + ', '.join(run.tags) if run.tags else ''}", expanded=bool(run.notes)):
+    with st.form(f"notes-{run.run_id}", border=False):
+        notes = st.text_area("Notes", value=run.notes, height=100, key=f"notes-text-{run.run_id}")
+        tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"notes-tags-{run.run_id}")
+        if st.form_submit_button("Save notes", icon=":material/save:"):
+            try:
+                runs.write_notes(run.path, notes, tags)
+            except runs.RunError as err:
+                st.error(str(err))
+            else:
+                st.toast(f"Saved the notes of {run.run_id}")
 
 left, right = st.columns([3, 2])
 with left:

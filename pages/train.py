@@ -43,6 +43,9 @@ with st.form("train"):
                                       help="cap an epoch for a quick smoke run")
         seed = c[1].number_input("Seed", 0, 2**31 - 1, 0)
         name = c[2].text_input("Run name (optional)")
+        n_seeds = c[0].number_input("Seeds for Run all four", 1, 10, 1,
+                                    help="train each configuration with this many seeds (Seed, Seed + 1, ...): "
+                                         "Compare then shows their mean ± SD")
     left, right = st.columns([1, 4])
     start = left.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     four = right.form_submit_button("Run all four", icon=":material/grid_view:",
@@ -53,7 +56,7 @@ if start or four:
                     lr=float(lr), image_size=int(image_size), augment=augment,
                     max_steps_per_epoch=int(max_steps), seed=int(seed), name=name.strip())
     try:
-        configs = (report.four_configs(preset, **settings) if four
+        configs = (report.four_configs(preset, seeds=int(n_seeds), **settings) if four
                    else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
         load_source(configs[0].data, configs[0].val_fraction, configs[0].seed)  # fail here, not in the queue
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_train_args(p, with_arch=False)
     p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     p.add_argument("--queue", action="store_true", help="queue them for the background worker instead")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train each configuration this many times, seeded --seed, --seed + 1, ... (default 1)")
 
     p = sub.add_parser("predict", help="grade images with a trained run")
     p.add_argument("images", nargs="+", type=Path)
@@ -64,6 +67,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips (default: as the run was evaluated)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("compare", help="is the difference between two runs real? (paired tests on one test set)")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("note", help="set a run's notes and tags (kept in its notes.json)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--notes", help="free text (replaces the run's notes)")
+    p.add_argument("--tags", help="comma-separated tags (replace the run's tags)")
     p.add_argument("--runs-dir", type=Path)
 
     p = sub.add_parser("runs", help="table of runs with state and headline metrics")
@@ -143,18 +159,20 @@ def _print_verdict(run_dir: Path) -> None:
 def cmd_sweep(args) -> int:
     from . import launch
 
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     done = []
-    for arch in args.archs:
-        for pretrained in (False, True):
-            cfg = _config_from_args(args, arch=arch, pretrained=pretrained)
-            if args.queue:
-                run_dir, _ = launch.enqueue(cfg.to_dict(), args.runs_dir)
-            else:
-                run_dir = _train_one(cfg, args)
-            done.append(run_dir)
-            print(run_dir, flush=True)
-            if not args.queue:
-                _print_verdict(run_dir)
+    first = args.seed or 0  # --seed, when given, is the first seed
+    for seed, arch, pretrained in itertools.product(range(first, first + args.seeds), args.archs, (False, True)):
+        cfg = _config_from_args(args, arch=arch, pretrained=pretrained, seed=seed)
+        if args.queue:
+            run_dir, _ = launch.enqueue(cfg.to_dict(), args.runs_dir)
+        else:
+            run_dir = _train_one(cfg, args)
+        done.append(run_dir)
+        print(run_dir, flush=True)
+        if not args.queue:
+            _print_verdict(run_dir)
     return 0
 
 
@@ -207,13 +225,14 @@ def cmd_runs(args) -> int:
         print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
                            "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
                            "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
-                           "trust": trust.of_summary(r.summary)} for r in infos], indent=2))
+                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes}
+                          for r in infos], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m retino_core train --data retinamnist")
         return 0
     header = (f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'majority':>8} "
-              f"{'test_qwk':>8} {'test_auc':>8}  verdict")
+              f"{'test_qwk':>8} {'test_auc':>8}  {'verdict':24} tags")
     print(header)
     for r in infos:
         prog = r.status.get("progress") or {}
@@ -221,7 +240,41 @@ def cmd_runs(args) -> int:
         verdict = trust.label(trust.of_summary(r.summary)) if r.summary else "-"
         print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {_fmt(r.summary.get('test_acc')):>8} "
               f"{_fmt(r.summary.get('test_majority_acc')):>8} {_fmt(r.summary.get('test_qwk')):>8} "
-              f"{_fmt(r.summary.get('test_auc')):>8}  {verdict}")
+              f"{_fmt(r.summary.get('test_auc')):>8}  {verdict:24} {', '.join(r.tags)}".rstrip())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import comparison, stats
+
+    a, b = (runs.load_run(runs.resolve_run_dir(r, args.runs_dir)) for r in (args.run_a, args.run_b))
+    try:
+        result = comparison.compare_runs(a, b, args.resamples or stats.N_BOOT)
+    except comparison.ComparisonError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    result["sentence"] = stats.verdict_sentence(comparison.label(a), comparison.label(b), result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"A = {a.run_id} ({a.configuration}), B = {b.run_id} ({b.configuration}); "
+          f"{result['n']} shared test images, {result['resamples']} paired bootstrap resamples")
+    for m, found in result["metrics"].items():
+        ci = found["ci"]
+        shown = "-" if ci is None else f"{found['diff']:+.4f}  95 % CI {ci[0]:+.4f} to {ci[1]:+.4f}"
+        print(f"  {stats.METRIC_NAMES[m]:17} A {_fmt(found['a'])}  B {_fmt(found['b'])}  A - B {shown}")
+    mc = result["mcnemar"]
+    print(f"  McNemar exact test: {mc['only_a_right']} images only A gets right, {mc['only_b_right']} only B; "
+          f"p = {mc['p']:.3g}")
+    print(result["sentence"])
+    return 0
+
+
+def cmd_note(args) -> int:
+    run = runs.load_run(runs.resolve_run_dir(args.run, args.runs_dir))
+    body = runs.write_notes(run.path, run.notes if args.notes is None else args.notes,
+                            run.tags if args.tags is None else args.tags)
+    print(f"{run.run_id}: tags {', '.join(body['tags']) or '-'}; notes {len(body['notes'])} characters")
     return 0
 
 
@@ -248,7 +301,7 @@ def cmd_worker(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "runs": cmd_runs,
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "runs": cmd_runs, "compare": cmd_compare, "note": cmd_note,
             "worker": cmd_worker, "validate": cmd_validate}
 
 

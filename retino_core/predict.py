@@ -126,9 +126,11 @@ class Predictor:
         if not fov.ok:
             check.warnings.append(f"{ood.NOT_LIKE_TRAINING}: {fov.reason}.")
         if check.features_ok is False:
+            kind = "it may be a fundus photo, but " if fov.ok else ""
             check.warnings.append(
-                f"{ood.NOT_LIKE_TRAINING}: its features lie far from every grade the model learned "
-                f"(distance {score:.0f}, while 99 % of validation photos are under {threshold:.0f}).")
+                f"{ood.NOT_LIKE_TRAINING}: {kind}its features lie far from every grade the model learned "
+                f"(distance {score:.0f}, while 99 % of validation photos are under {threshold:.0f}): another "
+                "camera, resolution or population than the training photos.")
         elif check.features_ok is None:
             check.warnings.append("Not checked against the training photos: this checkpoint predates "
                                   "the feature statistics (retrain to get them).")

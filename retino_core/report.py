@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from . import runs, trust, viz
+from . import comparison, runs, stats, trust, viz
 from .config import ARCHS, GRADE_NAMES, TrainConfig, make_config
 
 # The lab report's 2x2 table: rows with / without pretraining, columns ResNet18 / ResNet50.
@@ -31,12 +31,19 @@ def configuration_name(arch: str, pretrained: bool) -> str:
 CONFIGURATIONS = tuple(configuration_name(a, p) for a, p in FOUR)
 
 
-def four_configs(preset: str = "cpu", **overrides) -> list[TrainConfig]:
-    """One TrainConfig per configuration, identical apart from arch and pretraining."""
+def four_configs(preset: str = "cpu", seeds: int = 1, **overrides) -> list[TrainConfig]:
+    """One TrainConfig per configuration and seed, identical apart from arch, pretraining and
+    seed; ``seeds`` runs of each, seeded ``seed``, ``seed + 1``, ... (``seed`` defaults to 0)."""
     overrides = {k: v for k, v in overrides.items() if k not in ("arch", "pretrained")}
     name = overrides.pop("name", "")
-    return [make_config(preset, arch=a, pretrained=p, **overrides,
-                        name=f"{name}-{a}-{'pre' if p else 'scratch'}" if name else "") for a, p in FOUR]
+    first = int(overrides.pop("seed", None) or 0)
+    out = []
+    for seed in range(first, first + max(1, int(seeds))):
+        tag = f"-s{seed}" if seeds > 1 else ""
+        out += [make_config(preset, arch=a, pretrained=p, seed=seed, **overrides,
+                            name=f"{name}-{a}-{'pre' if p else 'scratch'}{tag}" if name or tag else "")
+                for a, p in FOUR]
+    return out
 
 
 def same_data(run: runs.RunInfo, data: str | None) -> bool:
@@ -70,12 +77,15 @@ def best_test_acc(run: runs.RunInfo) -> float | None:
     return max(values) if values else None
 
 
-def comparison_frame(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
-    """One row per configuration with the headline numbers; empty cells where not trained."""
+def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.RunInfo] | None = None) -> pd.DataFrame:
+    """One row per configuration with the headline numbers, their 95 % intervals, the verdict
+    and, where the recipe ran with several seeds (in ``all_runs``), mean and SD over seeds."""
     rows = []
     for (arch, pretrained), (name, run) in zip(FOUR, four.items()):
         s = run.summary if run else {}
         verdict = trust.of_summary(s) if run else None
+        ci = comparison.intervals(run) if run else {}
+        spread = comparison.seed_spread(run, all_runs or [run]) if run else {}
         rows.append({
             "configuration": name, "model": COLUMN_NAMES[arch], "pretraining": ROW_NAMES[pretrained],
             "run": run.run_id if run else None,
@@ -88,20 +98,43 @@ def comparison_frame(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
             "epochs": (run.config.get("epochs") if run else None), "train_seconds": s.get("train_seconds"),
             "verdict": verdict["verdict"] if verdict else None,
             "verdict_reasons": " ".join(verdict["reasons"]) if verdict else None,
-            "test_acc_ci": (verdict or {}).get("checks", {}).get("acc_ci"),
+            **{f"test_{m}_ci": ci.get(f"test_{m}_ci") for m in stats.CI_METRICS},
+            "seeds": spread.get("seeds"),
+            **{k: spread.get(k) for k in ("test_acc_mean", "test_acc_sd", "test_qwk_mean", "test_qwk_sd")},
         })
     frame = pd.DataFrame(rows)
     frame["test_acc_verdict"] = [_acc_with_verdict(r) for _, r in frame.iterrows()]
+    frame["test_qwk_ci_shown"] = [_with_interval(r, "qwk", viz.number) for _, r in frame.iterrows()]
     return frame
 
 
+def _interval_text(ci, fmt) -> str:
+    return f" ({fmt(ci[0])}–{fmt(ci[1])})" if isinstance(ci, (list, tuple)) else ""
+
+
+def _seeds_text(row: pd.Series, metric: str, fmt) -> str:
+    """'; 3 seeds: 54.6 % ± 1.2': the spread over seeds, where the recipe ran with several."""
+    seeds, mean, sd = row.get("seeds"), row.get(f"test_{metric}_mean"), row.get(f"test_{metric}_sd")
+    if not seeds or seeds < 2 or mean is None or pd.isna(mean):
+        return ""
+    sd_text = f"{100 * sd:.1f} pts" if metric == "acc" else f"{sd:.3f}"
+    return f"; {int(seeds)} seeds: {fmt(mean)} ± {sd_text}"
+
+
 def _acc_with_verdict(row: pd.Series) -> str | None:
-    """'55.3 % (50.4–60.1) · usable': the honest accuracy, its 95 % interval and the verdict."""
+    """'55.3 % (50.4 %–60.1 %) · usable': the honest accuracy, its 95 % interval, the verdict
+    and, with several seeds, their mean ± SD."""
     if row["test_acc"] is None or pd.isna(row["test_acc"]):
         return None
-    ci = row["test_acc_ci"]
-    interval = f" ({viz.percent(ci[0])}–{viz.percent(ci[1])})" if isinstance(ci, (list, tuple)) else ""
-    return f"{viz.percent(row['test_acc'])}{interval} · {row['verdict'] or 'not judged'}"
+    return (f"{viz.percent(row['test_acc'])}{_interval_text(row['test_acc_ci'], viz.percent)} · "
+            f"{row['verdict'] or 'not judged'}{_seeds_text(row, 'acc', viz.percent)}")
+
+
+def _with_interval(row: pd.Series, metric: str, fmt) -> str | None:
+    value = row[f"test_{metric}"]
+    if value is None or pd.isna(value):
+        return None
+    return f"{fmt(value)}{_interval_text(row[f'test_{metric}_ci'], fmt)}{_seeds_text(row, metric, fmt)}"
 
 
 def table_2x2(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -147,9 +180,11 @@ def _baselines(frame: pd.DataFrame) -> str:
 
 
 def _fmt_cell(value, metric: str) -> str:
+    if isinstance(value, (list, tuple)):  # an interval
+        return "–".join(_fmt_cell(v, metric.removesuffix("_ci")) for v in value)
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
-    if metric in ("best_epoch", "epochs"):
+    if metric in ("best_epoch", "epochs", "seeds"):
         return str(int(value))
     if "_acc" in metric or metric.endswith("_share"):
         return viz.percent(value)
@@ -195,28 +230,36 @@ def figures(four: dict[str, runs.RunInfo | None], normalize: bool = True) -> dic
     return out
 
 
+PAIRS_NOTE = ("Paired over the same test images: differences with 95 % paired-bootstrap intervals "
+              "(stratified by grade), McNemar's exact test for accuracy, p-values Holm-adjusted over the pairs.")
+
+
 def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
-                 normalize: bool = True) -> bytes:
+                 normalize: bool = True, all_runs: list[runs.RunInfo] | None = None) -> bytes:
     """A zip: report.md (tables), report.html (tables and interactive figures), per-run CSV/JSON."""
-    frame = comparison_frame(four)
+    frame = comparison_frame(four, all_runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Diabetic-retinopathy grading: four configurations on {viz.data_label(data or '')}"
-    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs", "test_qwk"))
-    detail_cols = ["configuration", "run", "verdict", "test_acc", "best_test_acc_over_epochs", "test_majority_acc",
-                   "test_qwk", "test_auc", "test_referable_auc", "test_macro_f1", "test_collapsed",
-                   "best_epoch", "epochs", "train_seconds"]
+    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs", "test_qwk_ci_shown"))
+    detail_cols = ["configuration", "run", "verdict", "test_acc", "test_acc_ci", "best_test_acc_over_epochs",
+                   "test_majority_acc", "test_qwk", "test_qwk_ci", "test_auc", "test_auc_ci", "test_referable_auc",
+                   "test_referable_auc_ci", "test_macro_f1", "test_collapsed", "seeds", "best_epoch", "epochs",
+                   "train_seconds"]
     detail = frame[detail_cols]
     notes = findings(frame)
+    pairs = comparison.pairs_frame(comparison.all_pairs(four))
     md = "\n\n".join([
         f"# {title}", f"Generated {stamp}. Grades: " + ", ".join(f"{i} {n}" for i, n in enumerate(GRADE_NAMES)) + ".",
         "## Test accuracy of the checkpoint chosen on validation, its 95 % interval and how far to trust it",
         markdown_table(acc, index=True),
         f"Always answering the commonest grade scores {_baselines(frame)} on these test images. {VERDICT_RULES}",
+        "## Quadratic weighted kappa (test), with its 95 % interval", markdown_table(qwk, index=True),
+        "## Is the difference real?", PAIRS_NOTE,
+        markdown_table(pairs) if not pairs.empty else "Fewer than two configurations have finished.",
+        "## Findings", "\n".join(f"- {n}" for n in notes),
         "## Best test accuracy over epochs (the lab report's number; chosen on test, so optimistic)",
         markdown_table(best, {c: "test_acc" for c in best}, index=True),
-        "## Quadratic weighted kappa (test)", markdown_table(qwk, {c: "test_qwk" for c in qwk}, index=True),
         "## All numbers", markdown_table(detail),
-        "## Findings", "\n".join(f"- {n}" for n in notes),
         "Interactive figures: open report.html. Per-epoch numbers: runs/<run>/epochs.csv.",
     ]) + "\n"
 
@@ -234,10 +277,11 @@ table.t{{border-collapse:collapse;margin:0.5em 0 1.5em}} .t td,.t th{{padding:4p
 </head><body><h1>{html.escape(title)}</h1><p>Generated {stamp}.</p>
 <h2>Test accuracy (checkpoint chosen on validation), its 95 % interval and how far to trust it</h2>{table_html(acc)}
 <p>Always answering the commonest grade scores {html.escape(_baselines(frame))} on these test images. {html.escape(VERDICT_RULES)}</p>
-<h2>Best test accuracy over epochs (lab report's number; optimistic)</h2>{table_html(best, "test_acc")}
-<h2>Quadratic weighted kappa (test)</h2>{table_html(qwk, "test_qwk")}
-<h2>All numbers</h2>{table_html(detail, index=False)}
+<h2>Quadratic weighted kappa (test), with its 95 % interval</h2>{table_html(qwk)}
+<h2>Is the difference real?</h2><p>{html.escape(PAIRS_NOTE)}</p>{table_html(pairs, index=False) if not pairs.empty else ''}
 <h2>Findings</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<h2>Best test accuracy over epochs (lab report's number; chosen on test, so optimistic)</h2>{table_html(best, "test_acc")}
+<h2>All numbers</h2>{table_html(detail, index=False)}
 <h2>Figures</h2>{''.join(parts) or '<p>No finished runs.</p>'}
 </body></html>"""
 

@@ -10,6 +10,7 @@ Layout::
         status.json      {"state", "pid", "heartbeat", "error", ...}
         metrics.jsonl    append-only rows: {"kind": "step" | "epoch", ...}
         summary.json     final test metrics of the checkpoint chosen on validation
+        notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
         checkpoints/best.pt, checkpoints/last.pt
 """
 
@@ -233,6 +234,7 @@ class RunInfo:
     config: dict
     status: dict
     summary: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)  # notes.json
 
     @property
     def state(self) -> str:
@@ -255,6 +257,14 @@ class RunInfo:
     def created(self) -> str:
         return self.status.get("created") or self.config.get("created") or ""
 
+    @property
+    def notes(self) -> str:
+        return str(self.annotations.get("notes") or "")
+
+    @property
+    def tags(self) -> list[str]:
+        return [str(t) for t in self.annotations.get("tags") or []]
+
 
 def load_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
@@ -264,6 +274,7 @@ def load_run(run_dir: Path) -> RunInfo:
         config=read_json(run_dir / "config.json", {}) or {},
         status=read_status(run_dir),
         summary=read_json(run_dir / "summary.json", {}) or {},
+        annotations=read_json(run_dir / "notes.json", {}) or {},
     )
 
 
@@ -313,6 +324,33 @@ def latest_by_configuration(runs: list[RunInfo], done_only: bool = False) -> dic
             continue
         best.setdefault(run.configuration, run)
     return best
+
+
+MAX_NOTES_CHARS, MAX_TAGS, MAX_TAG_CHARS = 10_000, 20, 40
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags from a comma-separated string: trimmed, lower-cased, unique, in order."""
+    tags = []
+    for raw in str(text).split(","):
+        tag = re.sub(r"\s+", " ", raw.strip().lower())
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def write_notes(run_dir: Path, notes: str = "", tags: list[str] | str = ()) -> dict:
+    """Store a run's notes and tags in notes.json (atomically); returns what was written."""
+    tags = parse_tags(tags) if isinstance(tags, str) else parse_tags(",".join(tags))
+    if len(notes) > MAX_NOTES_CHARS:
+        raise RunError(f"notes are {len(notes):,} characters; keep them under {MAX_NOTES_CHARS:,}")
+    too_long = [t for t in tags if len(t) > MAX_TAG_CHARS]
+    if len(tags) > MAX_TAGS or too_long:
+        raise RunError(f"at most {MAX_TAGS} tags of at most {MAX_TAG_CHARS} characters each"
+                       + (f"; too long: {too_long[0]!r}" if too_long else f"; got {len(tags)}"))
+    body = {"notes": notes, "tags": tags, "updated": now_iso()}
+    write_json(Path(run_dir) / "notes.json", body)
+    return body
 
 
 def delete_run(run_id: str, runs_dir: Path | None = None) -> None:

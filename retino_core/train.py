@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from . import distributed, gpu_data, ood, runs, trust
+from . import distributed, gpu_data, ood, runs, stats, trust
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
 from .errors import CheckpointError, Interrupted, TrainingFailed, refused_load
 from .data import DataSource, SplitDataset, check_images, open_source
@@ -571,6 +571,8 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
     for split, (lg, y) in logits.items():
         probs = softmax(lg)
         summary.update(classification_metrics(y, probs, prefix=f"{split}_"))
+        if split == "test":  # how far each headline number can move on another draw of test images
+            summary.update(stats.confidence_intervals(y, probs, prefix="test_", seed=cfg.seed))
         summary[f"{split}_loss"] = nll(y, probs)
         summary[f"{split}_ece"] = expected_calibration_error(y, probs)
         summary[f"{split}_ece_calibrated"] = expected_calibration_error(y, softmax(lg, temperature))

@@ -95,7 +95,9 @@ def assess(summary: dict, split: str = "test") -> dict | None:
     baseline = summary.get(f"{split}_majority_acc")
     auc, qwk = summary.get(f"{split}_auc"), summary.get(f"{split}_qwk")
     temperature = summary.get("temperature")
-    lo, hi = wilson_interval(correct, n)
+    # The stratified bootstrap interval stored with the run when there is one (the same one the
+    # tables show); Wilson's score interval otherwise.
+    lo, hi = summary.get(f"{split}_acc_ci") or wilson_interval(correct, n)
     p_value = beats_baseline_p(correct, n, baseline) if baseline is not None else None
     checks = {"n": n, "acc": acc, "acc_ci": [lo, hi], "majority_acc": baseline, "p_above_baseline": p_value,
               "auc": auc, "qwk": qwk, "temperature": temperature}

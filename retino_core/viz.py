@@ -148,15 +148,36 @@ def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> P
 # ---------------------------------------------------------------- curves
 
 
+SPLIT_SYMBOL = {"train": "circle", "val": "diamond", "test": "square"}  # told apart without colour
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased at the start."""
+    out, last = [], 0.0
+    for i, v in enumerate(values):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** (i + 1)) if weight < 1 else v)
+    return out
+
+
 def loss_figure(steps: dict[str, list[dict]], epochs: dict[str, list[dict]] | None = None,
-                title: str = "Loss") -> go.Figure:
-    """Training loss per step (x in epochs, so runs of any length overlay) and eval loss per epoch."""
+                title: str = "Loss", smoothing: float = 0.0, log_scale: bool = False) -> go.Figure:
+    """Training loss per step (x in epochs, so runs of any length overlay) and eval loss per epoch.
+
+    ``smoothing`` (0-0.99) draws the training loss smoothed over a faint raw line.
+    """
     fig = go.Figure()
     for i, (label, rows) in enumerate(steps.items()):
         colour = PALETTE[i % len(PALETTE)]
         x = [int(r["epoch"]) - 1 + int(r["step"]) / max(int(r["steps"]), 1) for r in rows]
-        fig.add_scatter(x=x, y=[r.get("train_loss") for r in rows], mode="lines+markers",
-                        marker=dict(size=4), name=f"{label} · train", legendgroup=label,
+        y = [r.get("train_loss") for r in rows]
+        if smoothing > 0:
+            fig.add_scatter(x=x, y=y, mode="lines", name=f"{label} · train (raw)", legendgroup=label,
+                            showlegend=False, opacity=0.25, line=dict(color=colour, width=1),
+                            hovertemplate="epoch %{x:.2f}<br>raw train loss %{y:.4f}<extra></extra>")
+            y = smooth([v for v in y if v is not None], smoothing) if None not in y else y
+        fig.add_scatter(x=x, y=y, mode="lines+markers", marker=dict(size=4, symbol=SPLIT_SYMBOL["train"]),
+                        name=f"{label} · train", legendgroup=label,
                         line=dict(color=colour, dash=SPLIT_DASH["train"]),
                         hovertemplate="epoch %{x:.2f}<br>train loss %{y:.4f}<extra>%{fullData.name}</extra>")
         for split in ("val", "test"):
@@ -165,10 +186,14 @@ def loss_figure(steps: dict[str, list[dict]], epochs: dict[str, list[dict]] | No
             if pts:
                 fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                 name=f"{label} · {split}", legendgroup=label,
+                                marker=dict(size=9, symbol=SPLIT_SYMBOL[split]),
                                 line=dict(color=colour, dash=SPLIT_DASH[split]),
                                 hovertemplate=f"epoch %{{x}}<br>{split} loss %{{y:.4f}}<extra>%{{fullData.name}}</extra>")
     fig.update_xaxes(title="epoch", rangemode="tozero")
-    fig.update_yaxes(title="cross-entropy", rangemode="tozero")
+    if log_scale:
+        fig.update_yaxes(title="cross-entropy (log scale)", type="log")
+    else:
+        fig.update_yaxes(title="cross-entropy", rangemode="tozero")
     return _style(fig, title)
 
 
@@ -178,7 +203,8 @@ def accuracy_figure(epochs: dict[str, list[dict]], baselines: dict[str, float | 
     """Accuracy per epoch for each labelled run and split, with the majority-class baseline line(s).
 
     The baseline is the accuracy of always answering the commonest training grade: a model on
-    that line has learnt nothing but the class balance.
+    that line has learnt nothing but the class balance. Its label sits in the legend, where it
+    cannot cover a curve.
     """
     fig = go.Figure()
     for i, (label, rows) in enumerate(epochs.items()):
@@ -188,12 +214,13 @@ def accuracy_figure(epochs: dict[str, list[dict]], baselines: dict[str, float | 
             if pts:
                 fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                 name=f"{label} · {split}", legendgroup=label,
+                                marker=dict(size=9 if split != "train" else 7, symbol=SPLIT_SYMBOL[split]),
                                 line=dict(color=colour, dash=SPLIT_DASH[split]),
                                 hovertemplate=f"epoch %{{x}}<br>{split} accuracy %{{y:.1%}}<extra>%{{fullData.name}}</extra>")
     for value in sorted({round(v, 4) for v in (baselines or {}).values() if v is not None}):
-        fig.add_hline(y=value, line=dict(color=BASELINE_COLOUR, dash="dot", width=2),
-                      annotation_text=f"majority-class baseline {percent(value)}",
-                      annotation_position="bottom right", annotation_font_color=BASELINE_COLOUR)
+        fig.add_hline(y=value, line=dict(color=BASELINE_COLOUR, dash="dot", width=2))
+        fig.add_scatter(x=[None], y=[None], mode="lines", name=f"majority-class baseline {percent(value)}",
+                        line=dict(color=BASELINE_COLOUR, dash="dot", width=2), hoverinfo="skip")
     fig.update_xaxes(title="epoch", dtick=1 if max((len(r) for r in epochs.values()), default=0) <= 12 else None)
     fig.update_yaxes(title="accuracy", tickformat=".0%", range=[0, 1.02])
     return _style(fig, title, height)
@@ -368,3 +395,26 @@ def verdict_badge(trust: dict | None) -> str:
     if not trust:
         return ":gray[not judged]"
     return f":{VERDICT_COLOURS.get(trust['verdict'], 'gray')}[**{trust['verdict']}**]"
+
+
+def parallel_coordinates(frame, metric: str) -> go.Figure:
+    """Runs as lines across their hyperparameters, coloured by ``metric`` (plotly Parcoords).
+
+    Text columns get one tick per value; columns that never vary are left out.
+    """
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    dims = []
+    for col in frame.columns:
+        if col == "run" or frame[col].nunique(dropna=False) < 2 and col != metric:
+            continue
+        values = frame[col]
+        if not is_numeric_dtype(values) or is_bool_dtype(values):
+            cats = sorted(values.astype(str).unique())
+            dims.append(dict(label=col, values=[cats.index(str(v)) for v in values],
+                             tickvals=list(range(len(cats))), ticktext=cats))
+        else:
+            dims.append(dict(label=col, values=values.astype(float).tolist()))
+    fig = go.Figure(go.Parcoords(line=dict(color=frame[metric].astype(float), colorscale="Viridis", showscale=True,
+                                           colorbar=dict(title=metric)), dimensions=dims))
+    return _style(fig, "", 380)

@@ -226,13 +226,25 @@ def test_results_of_a_real_run(real_run: Path) -> None:
 def test_compare_lays_out_the_four(four, runs_dir: Path) -> None:
     at = open_page("compare")
     assert len(at.table) == 2  # accuracy and QWK, 2x2 each
-    assert len(at.get("plotly_chart")) == 3  # ResNet18 curves, ResNet50 curves, the four matrices
+    charts = [c.key for c in at.get("plotly_chart")]
+    assert charts == ["acc-resnet18", "acc-resnet50", "confusion-grid", "parcoords"]
     assert "collapsed" in texts(at)
     # The honest number first, with its interval and verdict; the test-chosen epoch only on request.
     accuracy = at.table[0].value
     assert accuracy.loc["from scratch", "ResNet50"].endswith("· no better than guessing")
     assert accuracy.loc["ImageNet pretrained", "ResNet18"].endswith("· usable") and "–" in accuracy.iloc[0, 0]
     assert "resnet50 / scratch is no better than guessing" in at.warning[0].value
+    assert "(" in at.table[1].value.iloc[0, 0]  # QWK with its interval
+    # Six pairs, each with a paired interval, McNemar and Holm p-values and a sentence.
+    pairs = at.dataframe[0].value
+    assert len(pairs) == 6 and {"accuracy A − B", "McNemar p", "Holm p"} <= set(pairs.columns)
+    assert (pairs["Holm p"] >= pairs["McNemar p"]).all()
+    sentences = [m.value for m in at.markdown if "on this test set" in m.value]
+    assert len(sentences) == 6 and all("McNemar p" in x for x in sentences)
+    # The collapsed model against a good one is a real difference; the config diff names arch.
+    assert any("ResNet50-scratch" in x and ": a real difference" in x for x in sentences)
+    differing = next(d.value for d in at.dataframe if "setting" in d.value.columns)
+    assert "arch" in list(differing["setting"]) or "pretrained" in list(differing["setting"])
     assert at.get("download_button")
 
 

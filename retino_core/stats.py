@@ -1,0 +1,200 @@
+"""How sure a number is, and whether two runs really differ: bootstrap and exact tests.
+
+Everything is vectorised over resamples: a bootstrap is a (B, N) matrix of counts (how often
+each test image is drawn into each resample), and every metric is computed for all B
+resamples at once from it. Resampling is stratified by true grade (each resample keeps the
+test set's grade counts), seeded, and paired when two runs are compared (the same resamples
+score both). No torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .config import NUM_CLASSES
+from .metrics import REFERABLE_GRADE
+
+N_BOOT = 1000
+LEVEL = 0.95
+SEED = 0
+CI_METRICS = ("acc", "auc", "qwk", "referable_auc")
+METRIC_NAMES = {"acc": "accuracy", "auc": "macro AUC", "qwk": "QWK", "referable_auc": "referable-DR AUC"}
+
+
+def bootstrap_counts(y: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> np.ndarray:
+    """(n_boot, N) draw counts of a bootstrap stratified by grade: each row sums to N and keeps
+    every grade's count."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, len(y)), dtype=np.float32)
+    for grade in np.unique(y):
+        idx = np.flatnonzero(y == grade)
+        n = len(idx)
+        draws = rng.integers(0, n, size=(n_boot, n)) + np.arange(n_boot)[:, None] * n  # row-offset draws
+        counts[:, idx] = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    return counts
+
+
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``scores`` for ``positive`` under each row of weights ``w`` (B, N); ties
+    count one half, as in the Mann-Whitney statistic."""
+    order = np.argsort(scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    ws = w[:, order]
+    wp = ws * pos
+    # Negative weight strictly below each image (counts stay exact in float32).
+    below = np.cumsum(ws * ~pos, axis=1, dtype=np.float32)
+    if np.all(s[1:] != s[:-1]):  # no ties: 'below' excludes the image itself, a positive
+        num = (wp * below).sum(1, dtype=np.float64)
+    else:
+        cum = np.concatenate([np.zeros((len(w), 1), np.float32), below], axis=1)
+        _, start, size = np.unique(s, return_index=True, return_counts=True)
+        first = np.repeat(start, size)
+        last = first + np.repeat(size, size)
+        num = (wp * (cum[:, first] + 0.5 * (cum[:, last] - cum[:, first]))).sum(1, dtype=np.float64)
+    den = wp.sum(1, dtype=np.float64) * (ws.sum(1, dtype=np.float64) - wp.sum(1, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _qwk(confusion: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of (B, K, K) weighted confusion matrices."""
+    k = confusion.shape[-1]
+    i, j = np.indices((k, k))
+    weights = (i - j) ** 2 / (k - 1) ** 2
+    total = confusion.sum((1, 2), keepdims=True)
+    expected = confusion.sum(2, keepdims=True) * confusion.sum(1, keepdims=True) / total
+    observed = (weights * confusion).sum((1, 2))
+    chance = (weights * expected).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(chance > 0, 1 - observed / chance, np.nan)
+
+
+def resampled_metrics(y: np.ndarray, probs: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, macro AUC, QWK and referable-DR AUC under each row of counts ``w``: (B,) each."""
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(1)
+    n = w.sum(1)
+    out = {"acc": (w @ (pred == y).astype(np.float32)) / n}
+    cells = np.eye(NUM_CLASSES * NUM_CLASSES, dtype=np.float32)[y * NUM_CLASSES + pred]  # (N, 25)
+    out["qwk"] = _qwk((w @ cells).reshape(-1, NUM_CLASSES, NUM_CLASSES).astype(np.float64))
+    present = np.unique(y)
+    referable = y >= REFERABLE_GRADE
+    tasks = [(probs[:, c], y == c) for c in present] if len(present) > 1 else []
+    if 0 < referable.sum() < len(y):
+        tasks.append((probs[:, REFERABLE_GRADE:].sum(1), referable))
+    # numpy leaves the GIL for these big array passes: the AUCs run on every core.
+    with ThreadPoolExecutor(min(len(tasks), os.cpu_count() or 1) or 1) as pool:
+        aucs = list(pool.map(lambda task: weighted_auc(task[0], task[1], w), tasks))
+    nan = np.full(len(w), np.nan)
+    out["auc"] = np.mean(aucs[:len(present)], axis=0) if len(present) > 1 else nan
+    out["referable_auc"] = aucs[-1] if 0 < referable.sum() < len(y) else nan
+    return out
+
+
+def _interval(values: np.ndarray, level: float = LEVEL) -> list[float] | None:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def confidence_intervals(y: np.ndarray, probs: np.ndarray, prefix: str = "test_", n_boot: int = N_BOOT,
+                         seed: int = SEED, level: float = LEVEL) -> dict:
+    """95 % percentile intervals of the CI_METRICS by a stratified bootstrap over images:
+    ``{"test_acc_ci": [lo, hi], ..., "test_ci_resamples": n_boot}``."""
+    w = bootstrap_counts(y, n_boot, seed)
+    found = resampled_metrics(y, probs, w)
+    out: dict = {f"{prefix}{m}_ci": _interval(found[m], level) for m in CI_METRICS}
+    out[f"{prefix}ci_resamples"] = n_boot
+    return out
+
+
+# ---------------------------------------------------------------- two runs on one test set
+
+
+def mcnemar_exact(right_a: np.ndarray, right_b: np.ndarray) -> dict:
+    """McNemar's exact test of two classifiers' accuracies on the same images (two-sided
+    binomial test of the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    only_a = int(np.sum(right_a & ~right_b))
+    only_b = int(np.sum(~right_a & right_b))
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return {"only_a_right": only_a, "only_b_right": only_b, "p": p}
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given)."""
+    m = len(pvalues)
+    order = np.argsort(pvalues)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def paired_comparison(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int = N_BOOT,
+                      seed: int = SEED, level: float = LEVEL) -> dict:
+    """A minus B on one test set: each metric's difference with a paired-bootstrap interval,
+    and McNemar's exact test for accuracy."""
+    y = np.asarray(y)
+    w = bootstrap_counts(y, n_boot, seed)
+    a, b = resampled_metrics(y, probs_a, w), resampled_metrics(y, probs_b, w)
+    point_w = np.ones((1, len(y)), np.float32)
+    pa, pb = resampled_metrics(y, probs_a, point_w), resampled_metrics(y, probs_b, point_w)
+    out = {"n": int(len(y)), "resamples": n_boot, "level": level, "metrics": {}}
+    for m in CI_METRICS:
+        diff = a[m] - b[m]
+        out["metrics"][m] = {"a": float(pa[m][0]), "b": float(pb[m][0]), "diff": float(pa[m][0] - pb[m][0]),
+                             "ci": _interval(diff, level),
+                             # the share of resamples on the other side of zero, two-sided
+                             "p_bootstrap": _bootstrap_p(diff)}
+    right_a, right_b = np.asarray(probs_a).argmax(1) == y, np.asarray(probs_b).argmax(1) == y
+    out["mcnemar"] = mcnemar_exact(right_a, right_b)
+    return out
+
+
+def _bootstrap_p(diff: np.ndarray) -> float | None:
+    diff = diff[np.isfinite(diff)]
+    if not len(diff):
+        return None
+    return float(min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0))))
+
+
+def _points(x: float) -> str:
+    return f"{abs(100 * x):.1f} points"
+
+
+def verdict_sentence(name_a: str, name_b: str, result: dict, p_accuracy: float | None = None,
+                     alpha: float = 0.05) -> str:
+    """Plain words: 'A is more accurate than B by 0.7 points, 95 % CI -0.4 to 1.8: not a real
+    difference on this test set (McNemar p = 0.21)'. ``p_accuracy``: an adjusted p (Holm)."""
+    acc = result["metrics"]["acc"]
+    p = result["mcnemar"]["p"] if p_accuracy is None else p_accuracy
+    lo, hi = acc["ci"] or [math.nan, math.nan]
+    if acc["diff"] == 0:
+        head = f"{name_a} and {name_b} are equally accurate"
+    else:
+        better, worse = (name_a, name_b) if acc["diff"] > 0 else (name_b, name_a)
+        head = f"{better} is more accurate than {worse} by {_points(acc['diff'])}"
+    sign = 1 if acc["diff"] >= 0 else -1
+    ci = f"95 % CI {100 * sign * lo:+.1f} to {100 * sign * hi:+.1f}" if sign > 0 else \
+        f"95 % CI {100 * sign * hi:+.1f} to {100 * sign * lo:+.1f}"
+    real = "a real difference" if p < alpha else "not a real difference"
+    adjusted = "Holm-adjusted " if p_accuracy is not None else ""
+    qwk = result["metrics"]["qwk"]
+    qwk_text = ""
+    if qwk["ci"] is not None:
+        qwk_real = "real" if (qwk["ci"][0] > 0 or qwk["ci"][1] < 0) else "not real"
+        qwk_text = f"; QWK {qwk['diff']:+.3f} (95 % CI {qwk['ci'][0]:+.3f} to {qwk['ci'][1]:+.3f}, {qwk_real})"
+    return f"{head}, {ci}: {real} on this test set ({adjusted}McNemar p = {p:.3g}){qwk_text}."
+
