@@ -68,13 +68,39 @@ def label(run: runs.RunInfo) -> str:
 
 def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT) -> list[dict]:
     """Every pair of the chosen runs: the comparison, Holm-adjusted McNemar p over the pairs
-    that could be compared, and a sentence; a pair on different test sets says why not."""
+    that could be compared, and a sentence; a pair on different test sets says why not.
+
+    Each run is resampled once (the same counts for every run on one test set) and paired
+    from that, not once per pair.
+    """
     done = [(name, run) for name, run in chosen.items() if run is not None]
+    found: dict[str, TestSet | ComparisonError] = {}
+    for _, run in done:
+        try:
+            found[run.run_id] = test_set(run)
+        except ComparisonError as err:
+            found[run.run_id] = err
+    counts: dict[tuple, np.ndarray] = {}
+    resampled: dict[str, dict] = {}
+
+    def resampled_of(run: runs.RunInfo) -> dict:
+        if run.run_id not in resampled:
+            t = found[run.run_id]
+            key = tuple(t.names)
+            if key not in counts:
+                counts[key] = stats.bootstrap_counts(t.labels, n_boot, stats.SEED)
+            resampled[run.run_id] = stats.resample(t.labels, t.probs, counts[key])
+        return resampled[run.run_id]
+
     out = []
     for (name_a, a), (name_b, b) in itertools.combinations(done, 2):
         row = {"a": name_a, "b": name_b, "run_a": a.run_id, "run_b": b.run_id}
         try:
-            row["result"] = compare_runs(a, b, n_boot)
+            for run in (a, b):
+                if isinstance(found[run.run_id], ComparisonError):
+                    raise found[run.run_id]
+            check_same_test_set(a, b, found[a.run_id], found[b.run_id])
+            row["result"] = stats.paired_from(resampled_of(a), resampled_of(b))
         except ComparisonError as err:
             row["refused"] = str(err)
         out.append(row)

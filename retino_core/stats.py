@@ -142,25 +142,34 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def paired_comparison(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int = N_BOOT,
-                      seed: int = SEED, level: float = LEVEL) -> dict:
-    """A minus B on one test set: each metric's difference with a paired-bootstrap interval,
-    and McNemar's exact test for accuracy."""
-    y = np.asarray(y)
-    w = bootstrap_counts(y, n_boot, seed)
-    a, b = resampled_metrics(y, probs_a, w), resampled_metrics(y, probs_b, w)
-    point_w = np.ones((1, len(y)), np.float32)
-    pa, pb = resampled_metrics(y, probs_a, point_w), resampled_metrics(y, probs_b, point_w)
-    out = {"n": int(len(y)), "resamples": n_boot, "level": level, "metrics": {}}
+def resample(y: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> dict:
+    """One run's metrics under every resample (``boot``) and on the test set as it is (``point``):
+    computed once per run, then paired with any other run scored under the same ``counts``."""
+    whole = np.ones((1, len(y)), np.float32)
+    return {"boot": resampled_metrics(y, probs, counts), "point": resampled_metrics(y, probs, whole),
+            "right": np.asarray(probs).argmax(1) == np.asarray(y)}
+
+
+def paired_from(a: dict, b: dict, level: float = LEVEL) -> dict:
+    """A minus B from two ``resample`` results under the same counts."""
+    n_boot = len(a["boot"]["acc"])
+    out = {"n": int(len(a["right"])), "resamples": n_boot, "level": level, "metrics": {}}
     for m in CI_METRICS:
-        diff = a[m] - b[m]
-        out["metrics"][m] = {"a": float(pa[m][0]), "b": float(pb[m][0]), "diff": float(pa[m][0] - pb[m][0]),
-                             "ci": _interval(diff, level),
+        diff = a["boot"][m] - b["boot"][m]
+        pa, pb = float(a["point"][m][0]), float(b["point"][m][0])
+        out["metrics"][m] = {"a": pa, "b": pb, "diff": pa - pb, "ci": _interval(diff, level),
                              # the share of resamples on the other side of zero, two-sided
                              "p_bootstrap": _bootstrap_p(diff)}
-    right_a, right_b = np.asarray(probs_a).argmax(1) == y, np.asarray(probs_b).argmax(1) == y
-    out["mcnemar"] = mcnemar_exact(right_a, right_b)
+    out["mcnemar"] = mcnemar_exact(a["right"], b["right"])
     return out
+
+
+def paired_comparison(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int = N_BOOT,
+                      seed: int = SEED, level: float = LEVEL) -> dict:
+    """A minus B on one test set: each metric's difference with a paired-bootstrap interval
+    (the same resamples score both), and McNemar's exact test for accuracy."""
+    counts = bootstrap_counts(y, n_boot, seed)
+    return paired_from(resample(y, probs_a, counts), resample(y, probs_b, counts), level)
 
 
 def _bootstrap_p(diff: np.ndarray) -> float | None:

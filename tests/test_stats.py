@@ -180,3 +180,15 @@ def test_four_configurations_with_seeds_and_their_spread_in_the_2x2_table(runs_d
     assert list(frame["seeds"]) == [2, 2, 2, 2]
     assert all("; 2 seeds: " in cell and " ± " in cell for cell in frame["test_acc_verdict"])
     assert all("; 2 seeds: " in cell for cell in frame["test_qwk_ci_shown"])
+
+
+def test_all_pairs_resamples_each_run_once_and_agrees_with_compare_runs(runs_dir: Path, tiny_npz: Path):
+    dirs = [write_run(runs_dir, "resnet18", skill=s, seed=k) for k, s in enumerate((2.0, 1.0, 0.0))]
+    dirs.append(write_run(runs_dir, "resnet50", data=str(tiny_npz), seed=9))  # another test set
+    chosen = {f"r{k}": runs.load_run(d) for k, d in enumerate(dirs)}
+    pairs = comparison.all_pairs(chosen, n_boot=400)
+    assert len(pairs) == 6 and sum("refused" in p for p in pairs) == 3
+    first = next(p for p in pairs if (p["a"], p["b"]) == ("r0", "r1"))
+    alone = comparison.compare_runs(chosen["r0"], chosen["r1"], n_boot=400)
+    assert first["result"]["metrics"]["acc"]["ci"] == pytest.approx(alone["metrics"]["acc"]["ci"])
+    assert first["p_holm"] >= first["result"]["mcnemar"]["p"]
