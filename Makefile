@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test install bench clean
+.PHONY: run dev test install bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+
+# While editing pages: reload on save (watches the files; not for a shared server).
+dev: install
+	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.fileWatcherType auto --server.runOnSave true
 
 test: install
 	$(PY) -m pytest -q

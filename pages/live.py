@@ -38,7 +38,10 @@ def live_view() -> None:
     now_active = [r.run_id for r in current if r.state in runs.ACTIVE_STATES]
     if bool(now_active) != bool(active):
         st.rerun()
-    ids = list(dict.fromkeys(selected + (now_active if follow else [])))
+    # A followed run stays on the page when it ends (done, failed or cancelled), while others train.
+    followed = st.session_state.setdefault("live_followed", [])
+    followed += [i for i in now_active if i not in followed]
+    ids = list(dict.fromkeys(selected + (followed if follow else [])))
     shown = [r for r in current if r.run_id in ids]
     if not shown:
         st.info("Pick one or more runs above.")
@@ -53,11 +56,16 @@ def live_view() -> None:
             head, bar = st.columns([3, 4], vertical_alignment="center")
             head.markdown(f"**{label}** · {run.configuration} · :{_COLOUR.get(run.state, 'gray')}[{run.state}]")
             bar.progress(progress.fraction, text=progress.text)
-            if run.state in ("failed", "interrupted") and run.status.get("error"):
+            if run.state in ("failed", "interrupted", "cancelled") and run.status.get("error"):
                 st.caption(run.status["error"])
 
     if not any(steps.values()):
-        st.info("No numbers yet: a run writes its first training loss a couple of seconds after it starts.")
+        if any(r.state in runs.ACTIVE_STATES for r in shown):
+            st.info("No numbers yet: a run writes its first training loss a couple of seconds after it starts.")
+        else:
+            st.info("These runs wrote no numbers: they ended before their first step "
+                    + "; ".join(f"({viz.short_label(r)}: {r.state}{', ' + r.status['error'] if r.status.get('error') else ''})"
+                                for r in shown) + ".")
         return
     st.plotly_chart(viz.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)",
                                     smoothing=smoothing, log_scale=log_scale),
@@ -72,6 +80,7 @@ def live_view() -> None:
                    + ", ".join(f"{k} {viz.percent(v)}" for k, v in baselines.items() if v is not None))
 
 
-_COLOUR = {"running": "blue", "queued": "gray", "done": "green", "failed": "red", "interrupted": "orange"}
+_COLOUR = {"running": "blue", "queued": "gray", "done": "green", "failed": "red", "interrupted": "orange",
+           "cancelled": "gray"}
 
 live_view()

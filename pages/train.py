@@ -4,7 +4,7 @@ processes, one at a time; this page only writes requests and reads run folders."
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, viz
+from retino_core import launch, report, runs, trust, viz
 from retino_core.config import ARCHS, AUGMENTS, PRESETS, ConfigError, make_config
 from retino_core.data import DataError, open_source
 
@@ -83,15 +83,25 @@ def run_table() -> None:
         steps = runs.step_rows(run.path) if run.state == "running" else []
         progress = viz.run_progress(run, steps)
         acc = run.summary.get("test_acc")
+        verdict = trust.of_summary(run.summary) if run.summary else None
         rows.append({"run": run.run_id, "configuration": run.configuration, "state": run.state,
                      "progress": progress.fraction, "test_acc": None if acc is None else 100 * acc,
-                     "test_qwk": run.summary.get("test_qwk"), "data": viz.data_label(run.config.get("data")),
+                     "test_qwk": run.summary.get("test_qwk"), "verdict": trust.label(verdict) if verdict else "",
+                     "data": viz.data_label(run.config.get("data") or ""),
                      "status": progress.text if run.state in runs.ACTIVE_STATES else (run.status.get("error") or "")})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "test_acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
         "test_qwk": st.column_config.NumberColumn("test QWK", format="%.3f"),
+        "status": st.column_config.TextColumn("status", width="large", help="the whole message is below the table "
+                                              "for the run picked to manage"),
     })
+    ended_badly = [r for r in all_runs if r.state in ("failed", "interrupted", "cancelled") and r.status.get("error")]
+    if ended_badly:
+        with st.expander(f"Messages of the {len(ended_badly)} run(s) that did not finish", expanded=False):
+            for r in ended_badly:
+                st.markdown(f"**{r.run_id}** · {r.state}")
+                st.caption(r.status["error"])
     queued = [r for r in all_runs if r.state == "queued"]
     if queued:
         st.caption(f"{len(queued)} run(s) waiting: one run trains at a time; the next starts by itself.")
@@ -100,17 +110,29 @@ def run_table() -> None:
             st.toast("queue worker started for the waiting runs")
 
     by_id = {r.run_id: r for r in all_runs}
-    left, mid, right, rest = st.columns([4, 1, 1, 1], vertical_alignment="bottom")
+    left, b1, b2, b3 = st.columns([4, 1, 1, 1], vertical_alignment="bottom")
     run_id = left.selectbox("Run to manage", list(by_id), key="manage",
                             format_func=lambda i: f"{i} · {by_id[i].state}")
     run = by_id[run_id]
-    mid.button("Stop", disabled=run.state not in runs.ACTIVE_STATES, width="stretch", on_click=act,
-               args=("stop", run_id), help="the run ends as interrupted; its last checkpoint is kept for Resume")
-    right.button("Resume", disabled=run.state not in ("interrupted", "failed"), width="stretch", on_click=act,
-                 args=("resume", run_id), help="continue from the last checkpoint")
-    with rest.popover("Delete", disabled=run.state == "running", width="stretch"):
-        st.write(f"Delete **{run_id}** with its checkpoints and metrics?")
-        st.button("Delete for good", type="primary", on_click=act, args=("delete", run_id))
+    b1.button("Stop", disabled=run.state not in runs.ACTIVE_STATES, width="stretch", on_click=act,
+              args=("stop", run_id), help="a queued run is cancelled; a running one ends as interrupted, its last "
+                                          "checkpoint kept for Resume")
+    if launch.can_start_again(run):
+        b2.button("Start again", width="stretch", on_click=act, args=("start_again", run_id),
+                  help="it saved no checkpoint: train it from the start with the same settings")
+    else:
+        b2.button("Resume", disabled=not launch.can_resume(run), width="stretch", on_click=act,
+                  args=("resume", run_id), help="continue from the last checkpoint")
+    # The confirmation belongs to the run it was asked for: it closes when that run is gone or
+    # another is picked, and never offers to delete a different one.
+    b3.button("Delete", disabled=run.state == "running", width="stretch", key="ask_delete",
+              on_click=lambda: st.session_state.update(confirm_delete=run_id))
+    if st.session_state.get("confirm_delete") == run_id and run.state != "running":
+        with st.container(border=True):
+            st.warning(f"Delete **{run_id}** ({run.configuration}, {run.state}) with its checkpoints and metrics?")
+            c = st.columns([1, 1, 4])
+            c[0].button("Delete for good", type="primary", on_click=act, args=("delete", run_id))
+            c[1].button("Keep it", on_click=lambda: st.session_state.pop("confirm_delete", None))
     if run.status.get("error"):
         st.caption(f"{run_id}: {run.status['error']}")
     for kind, message in st.session_state.pop("train_messages", []):
@@ -118,16 +140,21 @@ def run_table() -> None:
 
 
 def act(action: str, run_id: str) -> None:
-    """Stop, resume or delete a run (a button callback: the table redrawn after it is current)."""
+    """Stop, resume, start again or delete a run (a button callback: the table redrawn after it is current)."""
+    st.session_state.pop("confirm_delete", None)
     try:
         if action == "stop":
             result = f"{run_id} is now {launch.stop(run_id)}"
         elif action == "resume":
             launch.resume(run_id)
             result = f"{run_id} is queued to resume from its last checkpoint"
+        elif action == "start_again":
+            launch.start_again(run_id)
+            result = f"{run_id} is queued to train from the start"
         else:
             runs.delete_run(run_id)
-            result = f"deleted {run_id}"
+            st.toast(f"Deleted {run_id}", icon=":material/delete:")  # stays up while the table redraws
+            return
     except runs.RunError as err:
         st.session_state.train_messages = [("error", str(err))]
     else:

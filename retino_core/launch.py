@@ -162,8 +162,12 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
     path = runs.run_path(run_id, base)
     status = runs.read_status(path)
     if status["state"] == "queued":
-        runs.write_status(path, "interrupted", error="cancelled before it started")
-        return "interrupted"
+        # A queued resume keeps its checkpoint and can resume again; a fresh run has nothing.
+        if status.get("resume"):
+            runs.write_status(path, "interrupted", resume=False, error="stopped while queued to resume")
+            return "interrupted"
+        runs.write_status(path, "cancelled", error="cancelled before it started")
+        return "cancelled"
     if status["state"] != "running":
         return status["state"]
     pid = int(status.get("pid") or 0)
@@ -193,6 +197,30 @@ def resume(run_id: str, runs_dir: Path | None = None, start_worker: bool = True)
     if not runs.checkpoint_path(path, "last").exists():
         raise runs.RunError(f"run {run_id!r} has no last checkpoint yet; start it again instead")
     runs.write_status(path, "queued", resume=True, error=None, pid=None)
+    if start_worker:
+        spawn_worker(base)
+    return path
+
+
+def can_resume(run: runs.RunInfo) -> bool:
+    """An interrupted or failed run with a last checkpoint to continue from."""
+    return run.state in ("interrupted", "failed") and runs.checkpoint_path(run.path, "last").exists()
+
+
+def can_start_again(run: runs.RunInfo) -> bool:
+    """A run that ended before it saved anything to continue from (cancelled, say)."""
+    return run.state in ("cancelled", "interrupted", "failed") and not runs.checkpoint_path(run.path, "last").exists()
+
+
+def start_again(run_id: str, runs_dir: Path | None = None, start_worker: bool = True) -> Path:
+    """Queue a run that has no checkpoint to train from the start, with its config unchanged."""
+    base = _base(runs_dir)
+    path = runs.run_path(run_id, base)
+    run = runs.load_run(path)
+    if not can_start_again(run):
+        raise runs.RunError(f"run {run_id!r} is {run.state}" + ("; resume it instead" if can_resume(run) else ""))
+    runs.atomic_write_bytes(path / "metrics.jsonl", b"")
+    runs.write_status(path, "queued", resume=False, error=None, pid=None, progress={})
     if start_worker:
         spawn_worker(base)
     return path

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STATES = ("queued", "running", "done", "failed", "interrupted")
+STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
+ENDED_STATES = ("done", "failed", "interrupted", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 # A running trainer refreshes its heartbeat every few seconds; one silent this long is gone.
 HEARTBEAT_TIMEOUT_S = 60.0
@@ -145,23 +147,69 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
         fh.flush()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All complete rows of a JSONL file; a partial or corrupt line is skipped."""
-    try:
-        raw = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
+@dataclass
+class _Tail:
+    inode: int
+    size: int
+    mtime_ns: int
+    offset: int  # bytes parsed so far: up to the end of the last complete line
+    rows: list
+
+
+# One incremental reader per file for the whole process: every page, session and tab that
+# polls a run's metrics.jsonl shares it, and a poll reads only the bytes appended since.
+_tails: dict[str, _Tail] = {}
+_tails_lock = threading.Lock()
+
+
+def _parse_lines(data: bytes) -> tuple[list[dict], int]:
+    """Rows of the complete lines in ``data`` and the bytes they span; a partial last line waits."""
+    end = data.rfind(b"\n") + 1
     rows = []
-    for line in raw.split("\n"):
+    for line in data[:end].split(b"\n"):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line.decode("utf-8", errors="replace"))
         except json.JSONDecodeError:
-            continue  # a line still being written by the trainer
+            continue  # a damaged line; the rest of the file still counts
         if isinstance(row, dict):
             rows.append(row)
-    return rows
+    return rows, end
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All complete rows of a JSONL file; a partial or corrupt line is skipped.
+
+    Cached per file: unchanged (size and mtime), it costs one stat; grown, only the new
+    bytes are read; replaced (another inode) or shrunk, it is read again from the start.
+    """
+    key = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        with _tails_lock:
+            _tails.pop(key, None)
+        return []
+    with _tails_lock:
+        tail = _tails.get(key)
+        if tail and (tail.inode, tail.size, tail.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return list(tail.rows)
+        if not tail or tail.inode != st.st_ino or st.st_size < tail.offset:
+            tail = _Tail(st.st_ino, 0, 0, 0, [])
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(tail.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            _tails.pop(key, None)
+            return []
+        rows, used = _parse_lines(data)
+        tail.rows.extend(rows)
+        tail.offset += used
+        tail.size, tail.mtime_ns = tail.offset + (len(data) - used), st.st_mtime_ns
+        _tails[key] = tail
+        return list(tail.rows)
 
 
 # ---------------------------------------------------------------- status

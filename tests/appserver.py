@@ -1,4 +1,5 @@
-"""The app as a user starts it: ``streamlit run streamlit_app.py`` on a free localhost port.
+"""The app as a user starts it: ``streamlit run streamlit_app.py`` on a free localhost port,
+with the project's .streamlit/config.toml (no file watcher) as ``make run`` has it.
 
 Shared by the browser test and the benchmarks that drive a real server (bench/pages_bench.py,
 bench/soak.py)."""
@@ -31,8 +32,7 @@ def start_app(runs_dir: Path, log, timeout: float = 120.0) -> tuple[subprocess.P
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
     url = f"http://127.0.0.1:{port}"

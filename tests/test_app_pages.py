@@ -161,18 +161,50 @@ def test_train_stops_resumes_and_deletes(runs_dir: Path, no_worker: list) -> Non
     at = open_page("train")
     assert at.dataframe[0].value["run"].tolist() == [queued.name]
     next(b for b in at.button if b.label == "Stop").click().run()
-    assert runs.read_status(queued)["state"] == "interrupted"
+    assert runs.read_status(queued)["state"] == "cancelled"  # it never started: nothing to resume
+    assert not any(b.label == "Resume" for b in at.button)
+    next(b for b in at.button if b.label == "Start again").click().run()
+    assert runs.read_status(queued)["state"] == "queued" and no_worker
+    next(b for b in at.button if b.label == "Stop").click().run()
 
+    runs.write_status(queued, "interrupted")
     runs.checkpoint_path(queued, "last").write_bytes(b"")  # resume needs a last checkpoint
     at.run()
+    assert not any(b.label == "Start again" for b in at.button)
     next(b for b in at.button if b.label == "Resume").click().run()
-    assert runs.read_status(queued)["state"] == "queued" and no_worker
-
+    assert runs.read_status(queued)["state"] == "queued"
     next(b for b in at.button if b.label == "Stop").click().run()
+    assert runs.read_status(queued)["state"] == "interrupted"  # a queued resume keeps its checkpoint
+
     at.run()
+    assert not any(b.label == "Delete for good" for b in at.button)  # asks first
+    next(b for b in at.button if b.label == "Delete").click().run()
+    assert queued.name in at.warning[0].value
     next(b for b in at.button if b.label == "Delete for good").click().run()
     assert not at.exception
     assert not queued.exists()
+    assert not any(b.label == "Delete for good" for b in at.button)  # the confirmation closed
+
+
+def test_a_delete_confirmation_never_deletes_another_run(runs_dir: Path, no_worker: list) -> None:
+    first, second = write_run(runs_dir, name="first"), write_run(runs_dir, name="second")
+    at = open_page("train")
+    at.selectbox(key="manage").set_value(first.name).run()
+    next(b for b in at.button if b.label == "Delete").click().run()
+    at.selectbox(key="manage").set_value(second.name).run()  # picked another before confirming
+    assert not any(b.label == "Delete for good" for b in at.button)
+    assert first.exists() and second.exists()
+
+
+def test_the_train_table_has_no_none_and_keeps_whole_errors(runs_dir: Path) -> None:
+    failed = write_run(runs_dir, state="failed")
+    long_error = "ValueError: " + "the dataset folder moved while training; " * 5
+    runs.write_status(failed, "failed", error=long_error)
+    write_run(runs_dir, state="queued")
+    at = open_page("train")
+    table = at.dataframe[0].value
+    assert "None" not in table.astype(str).to_string().replace("NaN", "")
+    assert long_error.strip() in texts(at)  # the whole message, under the table
 
 
 def test_live_shows_curves_and_the_majority_baseline(four, runs_dir: Path) -> None:
@@ -374,3 +406,16 @@ def test_classify_accepts_every_format_the_readme_lists(good_run: Path, fmt: str
     at.file_uploader[0].set_value((f"eye.{suffix}", buf.getvalue(), f"image/{suffix}")).run()
     assert not at.exception and not at.error
     assert any("predicted grade" in m.label and m.value == "1 · Mild" for m in at.metric)
+
+
+def test_live_keeps_a_run_that_failed_while_others_train(runs_dir: Path) -> None:
+    other = write_run(runs_dir, name="other", state="running")
+    doomed = write_run(runs_dir, name="doomed", state="running")
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("pages/live.py").run()
+    at.multiselect[0].set_value([other.name]).run()  # the user watches one; both are followed
+    runs.write_status(doomed, "failed", error="ValueError: synthetic failure")
+    at.run()
+    assert not at.exception
+    page = texts(at)
+    assert "doomed" in page and ":red[failed]" in page and "synthetic failure" in page

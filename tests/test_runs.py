@@ -66,3 +66,23 @@ def test_latest_by_configuration_and_delete(finished_run):
     assert runs.checkpoint_path(finished_run).exists()
     with pytest.raises(runs.RunError):
         runs.checkpoint_path(finished_run, "../x")
+
+
+def test_metrics_are_read_incrementally_and_a_partial_line_waits(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    runs.append_jsonl(path, [{"kind": "step", "step": 1}])
+    assert [r["step"] for r in runs.read_jsonl(path)] == [1]
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: reads.append(f) or real_open(f, *a, **k))
+    assert [r["step"] for r in runs.read_jsonl(path)] == [1] and reads == []  # unchanged: a stat, no read
+    with real_open(path, "a") as fh:
+        fh.write('{"kind": "step", "step": 2}\n{"kind": "st')  # the trainer is mid-write
+    assert [r["step"] for r in runs.read_jsonl(path)] == [1, 2]
+    with real_open(path, "a") as fh:
+        fh.write('ep", "step": 3}\n')
+    assert [r["step"] for r in runs.read_jsonl(path)] == [1, 2, 3]
+    runs.atomic_write_bytes(path, b'{"kind": "resume", "step": 0}\n')  # rewritten on resume
+    assert [r["step"] for r in runs.read_jsonl(path)] == [0]
+    path.unlink()
+    assert runs.read_jsonl(path) == []
