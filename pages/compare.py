@@ -41,9 +41,9 @@ with right.expander("Runs compared (newest finished of each configuration)"):
             picked = st.selectbox(name, ids, key=f"compare-{name}")
             four[name] = options[ids.index(picked)]
         else:
-            st.caption(f"{name}: not trained on this dataset")
+            st.caption(f"{name}: {report.not_done(all_runs, data).get(name, 'not trained on this dataset')}")
 
-frame = report.comparison_frame(four, all_runs)
+frame = report.comparison_frame(four, all_runs, data)
 trained = frame["test_acc"].notna().sum()
 if trained < 4:
     st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "

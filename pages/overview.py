@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, trust, viz
+from retino_core import launch, report, runs, trust, viz, weights
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
 from retino_core.data import DataError, ImageError, open_source
 
@@ -88,7 +88,11 @@ def configuration_cards() -> None:
                 st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
             elif run.state != "done":
                 st.markdown(f":orange[{run.state}]")
-                st.caption(run.status.get("error") or "")
+                error = run.status.get("error") or ""
+                st.caption(report.one_line(error, 120))
+                if len(error) > 120:
+                    with st.expander("Whole message"):
+                        st.caption(error)
             done = finished[name]
             if done is None:
                 continue
@@ -123,11 +127,17 @@ with st.form("train_four", border=False):
                                        icon=":material/play_arrow:")
 if clicked:
     try:
-        queued = [launch.enqueue(cfg.to_dict()) for cfg in report.four_configs(preset, seeds=int(n_seeds), data=data)]
+        configs = report.four_configs(preset, seeds=int(n_seeds), data=data)
+        # Pretrained runs that could not get their ImageNet weights would fail minutes later in the queue.
+        refused = weights.refused_pretrained(configs)
+        for cfg, reason in refused:
+            st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:
         st.error(f"Could not queue the runs: {err}")
     else:
         new = sum(created for _, created in queued)
-        st.success(f"Queued {new} run(s)" + (f"; {len(queued) - new} identical run(s) were already queued or "
-                                              "running" if new < len(queued) else "") + ". They train one at a time.")
-        st.page_link("pages/live.py", label="Watch them on the Live page", icon=":material/monitoring:")
+        if queued:
+            st.success(f"Queued {new} run(s)" + (f"; {len(queued) - new} identical run(s) were already queued or "
+                                                  "running" if new < len(queued) else "") + ". They train one at a time.")
+            st.page_link("pages/live.py", label="Watch them on the Live page", icon=":material/monitoring:")

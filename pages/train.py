@@ -1,12 +1,15 @@
 """Train: start a run or all four, and stop, resume or delete runs. Runs train in their own
 processes, one at a time; this page only writes requests and reads run folders."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, trust, viz
-from retino_core.config import ARCHS, AUGMENTS, PRESETS, ConfigError, make_config
+from retino_core import launch, report, runs, trust, viz, weights
+from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, ConfigError, make_config
 from retino_core.data import DataError, open_source
+from retino_core.errors import WeightsError
 
 if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
     st.session_state.return_to = "pages/train.py"
@@ -43,6 +46,9 @@ with st.form("train"):
                                       help="cap an epoch for a quick smoke run")
         seed = c[1].number_input("Seed", 0, 2**31 - 1, 0)
         name = c[2].text_input("Run name (optional)")
+        weights_file = st.text_input("Start from a weights file (optional)",
+                                     help="a state dict or a retino checkpoint on this machine (--weights); "
+                                          "an ImageNet head is dropped")
         n_seeds = c[0].number_input("Seeds for Run all four", 1, 10, 1,
                                     help="train each configuration with this many seeds (Seed, Seed + 1, ...): "
                                          "Compare then shows their mean ± SD")
@@ -54,12 +60,19 @@ with st.form("train"):
 if start or four:
     settings = dict(data=data.strip() or "retinamnist", epochs=int(epochs), batch_size=int(batch_size),
                     lr=float(lr), image_size=int(image_size), augment=augment,
-                    max_steps_per_epoch=int(max_steps), seed=int(seed), name=name.strip())
+                    max_steps_per_epoch=int(max_steps), seed=int(seed), name=name.strip(),
+                    weights=weights_file.strip() or None)
     try:
         configs = (report.four_configs(preset, seeds=int(n_seeds), **settings) if four
                    else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
         load_source(configs[0].data, configs[0].val_fraction, configs[0].seed)  # fail here, not in the queue
-        queued = [launch.enqueue(cfg.to_dict()) for cfg in configs]
+        if settings["weights"] and not Path(settings["weights"]).expanduser().is_file():
+            raise ConfigError(f"weights file {settings['weights']} not found")
+        # Runs that need ImageNet weights nobody can fetch would fail minutes later in the queue.
+        refused = weights.refused_pretrained(configs)
+        for cfg, reason in refused:
+            st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:
         st.error(f"Not started: {err}")
     else:
@@ -67,6 +80,25 @@ if start or four:
             st.success(f"Queued {run_dir.name}" if created else f"{run_dir.name} is already queued or running "
                        "with these exact settings")
         st.page_link("pages/live.py", label="Watch on the Live page", icon=":material/monitoring:")
+
+with st.expander("ImageNet weights (for pretrained runs)"):
+    st.caption(f"Pretrained runs start from torchvision's ImageNet weights in the torch cache, {weights.cache_dir()}, "
+               "downloaded there when the machine is online. Offline, install the files here.")
+    for a in ARCHS:
+        found = weights.cached_file(a)
+        st.markdown(f"- **{a}**: " + (f":green[in the cache] ({found.stat().st_size / 1e6:.0f} MB)" if found.is_file()
+                                      else f":orange[not in the cache]: `{found.name}` from {IMAGENET_WEIGHT_URLS[a]}"))
+    upload = st.file_uploader("Weights file (.pth)", type=["pth"], max_upload_size=250, key="weights_upload")
+    path = st.text_input("…or its path on this machine", key="weights_path")
+    if st.button("Check and install", disabled=not (upload or path.strip()), icon=":material/download_done:"):
+        try:
+            with st.spinner("Checking the file's hash, loading it safely, matching a ResNet…"):
+                got, target = (weights.install(upload.getvalue(), upload.name) if upload
+                               else weights.install_from(path.strip()))
+        except WeightsError as err:
+            st.error(f"Not installed: {err}")
+        else:
+            st.success(f"Installed the ImageNet weights of {got} as {target}.")
 
 # ---------------------------------------------------------------- the runs
 

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 ARCHS = ("resnet18", "resnet50")
+# torchvision's ImageNet-1k V1 weights (the ones the lab used); models.py checks they match.
+IMAGENET_WEIGHT_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
 AUGMENTS = ("none", "flip", "strong")

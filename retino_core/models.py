@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .config import ARCHS, NUM_CLASSES
+from .config import ARCHS, IMAGENET_WEIGHT_URLS, NUM_CLASSES
 from .errors import WeightsError, refused_load  # torch-free: the CLI and the worker catch it
 
 
@@ -34,6 +34,8 @@ _REGISTRY: dict[str, ArchSpec] = {
     "resnet50": ArchSpec(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
 }
 assert tuple(_REGISTRY) == ARCHS
+# retino_core.weights names the files without importing torch; they must be torchvision's.
+assert all(IMAGENET_WEIGHT_URLS[a] == spec.weights.url for a, spec in _REGISTRY.items())
 
 
 def arch_spec(arch: str) -> ArchSpec:
@@ -75,7 +77,8 @@ def _missing_weights_message(arch: str, reason: str) -> str:
         f"ImageNet weights for {arch} are not in the torch cache and could not be downloaded "
         f"({reason}). Download {url} and save it as {target} (the folder follows $TORCH_HOME; "
         f"now {os.environ.get('TORCH_HOME', 'unset, so ~/.cache/torch')}), "
-        "or pass --weights PATH to start from a local state dict."
+        "or install it from the Train page (ImageNet weights), or start from a local state dict with "
+        "--weights PATH (the Train form's 'Start from a weights file')."
     )
 
 

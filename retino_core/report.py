@@ -77,9 +77,38 @@ def best_test_acc(run: runs.RunInfo) -> float | None:
     return max(values) if values else None
 
 
-def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.RunInfo] | None = None) -> pd.DataFrame:
+def one_line(text: str | None, limit: int = 160) -> str:
+    """The first line of an error, cut to ``limit`` characters."""
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
+def not_done(all_runs: list[runs.RunInfo], data: str | None) -> dict[str, str]:
+    """Per configuration with no finished run on ``data``: what its newest run is doing
+    ('failed: <reason>', 'running', ...) or 'not trained yet'."""
+    newest = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)])
+    done = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)], done_only=True)
+    out = {}
+    for name in CONFIGURATIONS:
+        if name in done:
+            continue
+        run = newest.get(name)
+        if run is None:
+            out[name] = "not trained yet"
+        elif run.state in runs.ACTIVE_STATES:
+            out[name] = run.state
+        else:
+            reason = one_line(run.status.get("error"))
+            out[name] = f"{run.state}: {reason}" if reason else run.state
+    return out
+
+
+def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.RunInfo] | None = None,
+                     data: str | None = None) -> pd.DataFrame:
     """One row per configuration with the headline numbers, their 95 % intervals, the verdict
-    and, where the recipe ran with several seeds (in ``all_runs``), mean and SD over seeds."""
+    and, where the recipe ran with several seeds (in ``all_runs``), mean and SD over seeds.
+    A configuration without a finished run says why ('failed: <reason>', 'queued', ...)."""
+    pending = not_done(all_runs, data) if all_runs is not None else {}
     rows = []
     for (arch, pretrained), (name, run) in zip(FOUR, four.items()):
         s = run.summary if run else {}
@@ -99,6 +128,7 @@ def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.R
             "verdict": verdict["verdict"] if verdict else None,
             "verdict_reasons": " ".join(verdict["reasons"]) if verdict else None,
             **{f"test_{m}_ci": ci.get(f"test_{m}_ci") for m in stats.CI_METRICS},
+            "status": "done" if run else pending.get(name, "not trained yet"),
             "seeds": spread.get("seeds"),
             **{k: spread.get(k) for k in ("test_acc_mean", "test_acc_sd", "test_qwk_mean", "test_qwk_sd")},
         })
@@ -125,7 +155,7 @@ def _acc_with_verdict(row: pd.Series) -> str | None:
     """'55.3 % (50.4 %–60.1 %) · usable': the honest accuracy, its 95 % interval, the verdict
     and, with several seeds, their mean ± SD."""
     if row["test_acc"] is None or pd.isna(row["test_acc"]):
-        return None
+        return row["status"] if row["status"] != "done" else None
     return (f"{viz.percent(row['test_acc'])}{_interval_text(row['test_acc_ci'], viz.percent)} · "
             f"{row['verdict'] or 'not judged'}{_seeds_text(row, 'acc', viz.percent)}")
 
@@ -163,9 +193,10 @@ def findings(frame: pd.DataFrame) -> list[str]:
         out.append(f"Best agreement with the graders among usable models: {best['configuration']} "
                    f"(QWK {viz.number(best['test_qwk'])}, accuracy {viz.percent(best['test_acc'])} against "
                    f"{viz.percent(best['test_majority_acc'])} for always the commonest grade).")
-    missing = frame.loc[frame["test_acc"].isna(), "configuration"].tolist()
-    if missing:
-        out.append(f"Not trained yet on this data: {', '.join(missing)}.")
+    missing = frame[frame["test_acc"].isna()]
+    if not missing.empty:
+        out.append("Without a finished run on this data: " + "; ".join(
+            f"{r['configuration']} ({r['status']})" for _, r in missing.iterrows()) + ".")
     return out
 
 
@@ -237,7 +268,7 @@ PAIRS_NOTE = ("Paired over the same test images: differences with 95 % paired-bo
 def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
                  normalize: bool = True, all_runs: list[runs.RunInfo] | None = None) -> bytes:
     """A zip: report.md (tables), report.html (tables and interactive figures), per-run CSV/JSON."""
-    frame = comparison_frame(four, all_runs)
+    frame = comparison_frame(four, all_runs, data)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Diabetic-retinopathy grading: four configurations on {viz.data_label(data or '')}"
     acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs", "test_qwk_ci_shown"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -119,10 +120,31 @@ def test_overview_cards_show_the_four_configurations(four, runs_dir: Path) -> No
         "no better than guessing", "usable", "usable", "weak"]  # scratch ResNet18: QWK 0.33
 
 
-def test_overview_trains_all_four(runs_dir: Path, no_worker: list) -> None:
+@pytest.fixture
+def weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch cache, offline: pretrained runs can start only once their files are in it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("RETINO_OFFLINE", "1")
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_train_all_four_queues_only_what_can_train(runs_dir: Path, no_worker: list, weights_cache: Path) -> None:
     at = open_page("overview")
     next(b for b in at.button if b.label.startswith("Train all four")).click().run()
     assert not at.exception
+    assert sorted(r.configuration for r in runs.list_runs(runs_dir)) == ["resnet18 / scratch", "resnet50 / scratch"]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 2 and all(e.startswith("Not queued:") for e in errors)
+    assert "resnet50-0676ba61.pth" in errors[1] and str(weights_cache) in errors[1]  # what to put where
+
+
+def test_overview_trains_all_four(runs_dir: Path, no_worker: list, weights_cache: Path) -> None:
+    weights_cache.mkdir(parents=True)
+    for name in ("resnet18-f37072fd.pth", "resnet50-0676ba61.pth"):  # present, so nothing is fetched
+        (weights_cache / name).write_bytes(b"weights")
+    at = open_page("overview")
+    next(b for b in at.button if b.label.startswith("Train all four")).click().run()
+    assert not at.exception and not at.error
     queued = runs.list_runs(runs_dir)
     assert sorted(r.configuration for r in queued) == sorted(
         ["resnet18 / pretrained", "resnet18 / scratch", "resnet50 / pretrained", "resnet50 / scratch"])
@@ -419,3 +441,22 @@ def test_live_keeps_a_run_that_failed_while_others_train(runs_dir: Path) -> None
     assert not at.exception
     page = texts(at)
     assert "doomed" in page and ":red[failed]" in page and "synthetic failure" in page
+
+
+def test_compare_and_report_say_why_a_configuration_failed(runs_dir: Path) -> None:
+    from retino_core import report
+
+    for arch, pretrained in (("resnet18", False), ("resnet50", False), ("resnet18", True)):
+        write_run(runs_dir, arch, pretrained)
+    failed = write_run(runs_dir, "resnet50", True, state="failed")
+    error = ("WeightsError: ImageNet weights for resnet50 are not in the torch cache and could not be "
+             "downloaded (offline). Download https://download.pytorch.org/models/resnet50-0676ba61.pth and save it")
+    runs.write_status(failed, "failed", error=error)
+    at = open_page("compare")
+    assert not at.exception
+    cell = at.table[0].value.loc["ImageNet pretrained", "ResNet50"]
+    assert cell.startswith("failed: WeightsError: ImageNet weights for resnet50") and len(cell) <= 170
+    all_runs = runs.list_runs(runs_dir)
+    md = zipfile.ZipFile(io.BytesIO(report.build_report(report.pick_four(all_runs, done_only=True), "retinamnist",
+                                                        all_runs=all_runs))).read("report.md").decode()
+    assert "resnet50 / pretrained (failed: WeightsError" in md and "Not trained yet" not in md
