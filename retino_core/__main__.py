@@ -60,26 +60,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1,
                    help="train each configuration this many times, seeded --seed, --seed + 1, ... (default 1)")
 
-    p = sub.add_parser("predict", help="grade images with a trained run")
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser("predict", help="grade images, folders and globs with a trained run")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files, folders (every file below them, dot-names skipped) or glob patterns ('**' recurses)")
     p.add_argument("--run", required=True, help="run folder or run id")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over flips (default: as the run was evaluated)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--runs-dir", type=Path)
-
-    p = sub.add_parser("compare", help="is the difference between two runs real? (paired tests on one test set)")
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--runs-dir", type=Path)
-
-    p = sub.add_parser("note", help="set a run's notes and tags (kept in its notes.json)")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--notes", help="free text (replaces the run's notes)")
-    p.add_argument("--tags", help="comma-separated tags (replace the run's tags)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="one JSON object per image")
+    shown.add_argument("--out", type=Path, help="write a CSV, one row per file, as it goes (a progress bar on stderr)")
+    p.add_argument("--resume", action="store_true", help="with --out: keep its rows, grade only the files it lacks")
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
+    p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one core less than there are)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path)
 
     p = sub.add_parser("runs", help="table of runs with state and headline metrics")
@@ -177,9 +172,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from . import trust
+    from . import batch, modelcard, trust
     from .predict import Predictor
 
+    if (args.resume or args.overwrite) and args.out is None:
+        print("error: --resume and --overwrite go with --out", file=sys.stderr)
+        return EXIT_USAGE
     predictor = Predictor.from_run(args.run, args.checkpoint, args.runs_dir)
     run_dir = runs.resolve_run_dir(args.run, args.runs_dir)
     verdict = trust.of_summary(runs.read_json(run_dir / "summary.json", {}))
@@ -188,13 +186,25 @@ def cmd_predict(args) -> int:
         print(f"model {run_dir.name}: {trust.label(verdict)}; {predictor.domain()}", file=sys.stderr)
         for line in run_warnings:
             print(f"warning: {line}", file=sys.stderr)
-    failed = 0
-    for path in args.images:
+    items = batch.expand_inputs(args.images)
+    if args.out is not None:
+        point = modelcard.referable_point(run_dir, predictor.temperature)
         try:
-            pred = predictor.predict_files([path], tta=args.tta)[0]
-        except ImageError as err:
+            with batch.ResultsCsv(args.out, run_dir.name, args.resume, args.overwrite) as out:
+                counts = batch.grade_to_csv(predictor, items, out, point and point["threshold"], trust.label(verdict),
+                                            args.tta, args.batch_size, args.workers, progress=not args.quiet)
+        except batch.OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{counts['graded']} graded ({counts['out_of_distribution']} not like the training photos), "
+              f"{counts['failed']} could not be read, {counts['skipped']} already in {args.out}", file=sys.stderr)
+        return 1 if counts["failed"] else 0
+    failed = 0
+    for done in batch.grade(predictor, items, args.tta, args.batch_size, args.workers):
+        pred = done.prediction
+        if pred is None:
             failed += 1
-            print(json.dumps({"image": str(path), "error": str(err)}) if args.json else f"error: {err}",
+            print(json.dumps({"image": done.file, "error": done.error}) if args.json else f"error: {done.error}",
                   file=sys.stdout if args.json else sys.stderr)
             continue
         if args.json:
@@ -207,7 +217,7 @@ def cmd_predict(args) -> int:
             shown = f"grade {pred.grade} ({pred.grade_name})"
             if pred.check is not None and pred.check.in_distribution is False:
                 shown = f"not graded: out of distribution; the model would say {pred.grade} ({pred.grade_name})"
-            print(f"{path}\t{shown}\t[{probs}]")
+            print(f"{done.file}\t{shown}\t[{probs}]")
             for line in pred.check.warnings if pred.check is not None else []:
                 print(f"  warning: {line}")
     return 1 if failed else 0
