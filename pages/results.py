@@ -9,9 +9,9 @@ from retino_core import runs, trust, viz
 from retino_core.config import GRADE_NAMES
 from retino_core.data import DataError, ImageError, open_source
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/results.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 GALLERY_SIZE = 24
 
@@ -136,3 +136,43 @@ st.caption(f"True {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}
            f"showing {len(images)}. Under each: its name and P({GRADE_NAMES[pred_grade]}).")
 st.image(images, width=112, caption=[f"{row['name']} · {row[f'p{pred_grade}']:.0%}"
                                      for _, row in cell.head(GALLERY_SIZE).iterrows()])
+
+# ---------------------------------------------------------------- take the grader out
+st.subheader("Take this grader out")
+st.caption("The model card says what this grader is for and not for, what it learned from and how well it "
+           "did, in Markdown or HTML. The export is the model (ONNX or TorchScript; normalisation, flip averaging "
+           "and the temperature inside), preprocessing.json, the card and, for ONNX, predict_onnx.py, which grades "
+           "files and folders with only onnxruntime, numpy and Pillow.")
+from retino_core import export, modelcard  # noqa: E402 - torch loads only when a page gets this far
+from retino_core.errors import CheckpointError  # noqa: E402
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def card_texts(run_dir: str, mtime: float) -> tuple[str, str]:  # noqa: ARG001 - mtime keys the cache
+    card = modelcard.build(run_dir)
+    return modelcard.to_markdown(card), modelcard.to_html(card)
+
+
+card_md, card_html = card_texts(str(run.path), (run.path / "summary.json").stat().st_mtime)
+c = st.columns(2)
+c[0].download_button("Model card (Markdown)", card_md, file_name=f"{run.run_id}-model-card.md",
+                     mime="text/markdown", icon=":material/description:")
+c[1].download_button("Model card (HTML)", card_html, file_name=f"{run.run_id}-model-card.html",
+                     mime="text/html", icon=":material/description:")
+fmt = st.radio("Export format", list(export.FORMATS), horizontal=True, key="export_format",
+               help="ONNX runs anywhere onnxruntime does; TorchScript needs torch")
+folder = export.default_folder(run.path, fmt)
+done = export.read_export(folder)
+if st.button("Export again" if done else f"Export as {fmt}", icon=":material/output:"):
+    with st.spinner("Exporting and checking the export against the app's model on the test images…"):
+        try:
+            export.export_run(run.path, fmt, folder)
+        except (export.ExportError, CheckpointError, DataError, runs.RunError) as err:
+            st.error(f"The export failed: {err}")
+    done = export.read_export(folder)
+if done:
+    checked = done["verified"]
+    st.download_button(f"Download {run.run_id}-{fmt}.zip", lambda: export.zip_folder(folder),
+                       file_name=f"{run.run_id}-{fmt}.zip", mime="application/zip", icon=":material/download:")
+    st.caption(f"Checked on {checked['images']} {checked['on']} images: every probability within "
+               f"{checked['max_abs_diff']:.1e} of the app's. Verdict written into it: {done['trust']['verdict']}.")

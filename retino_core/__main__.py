@@ -1,4 +1,4 @@
-"""The command line: ``python -m retino_core {train,sweep,predict,runs,worker,validate,bench}``."""
+"""The command line: ``python -m retino_core {train,sweep,predict,export,runs,worker,validate,bench}``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one core less than there are)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("export", help="write a run's grader for use outside the app: the model, "
+                                      "preprocessing.json, the model card and predict_onnx.py")
+    p.add_argument("run", help="run folder or run id (its best checkpoint is exported)")
+    p.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    p.add_argument("--out", type=Path, help="folder to write (default: <run>/export/<format>)")
+    p.add_argument("--verify-images", type=int, default=64,
+                   help="test images on which the export must match the app's model (0: all; default 64)")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("compare", help="is the difference between two runs real? (paired tests on one test set)")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir", type=Path)
+
+    p = sub.add_parser("note", help="set a run's notes and tags (kept in its notes.json)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--notes", help="free text (replaces the run's notes)")
+    p.add_argument("--tags", help="comma-separated tags (replace the run's tags)")
     p.add_argument("--runs-dir", type=Path)
 
     p = sub.add_parser("runs", help="table of runs with state and headline metrics")
@@ -223,6 +245,25 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args) -> int:
+    from . import export, trust
+
+    try:
+        out = export.export_run(args.run, args.format, args.out, args.runs_dir, args.verify_images)
+    except export.ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    pre = runs.read_json(out / export.PREPROCESSING, {})
+    checked = pre["verified"]
+    print(f"checked on {checked['images']} {checked['on']} images: probabilities within "
+          f"{checked['max_abs_diff']:.1e} of the app's", file=sys.stderr)
+    if pre["trust"]["verdict"] != trust.USABLE:
+        print(f"warning: this model is {pre['trust']['verdict']}; its card and preprocessing.json say so",
+              file=sys.stderr)
+    print(out, flush=True)
+    return 0
+
+
 def _fmt(x, digits=4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and x is not None else "-"
 
@@ -312,7 +353,7 @@ def cmd_worker(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "predict": cmd_predict, "runs": cmd_runs, "compare": cmd_compare, "note": cmd_note,
-            "worker": cmd_worker, "validate": cmd_validate}
+            "worker": cmd_worker, "validate": cmd_validate, "export": cmd_export}
 
 
 def cmd_bench(argv: list[str]) -> int:
