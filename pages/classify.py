@@ -9,9 +9,9 @@ from retino_core import report, runs, trust, viz
 from retino_core.config import GRADE_NAMES
 from retino_core.data import SAMPLE_IMAGE, ImageError, load_image
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/classify.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 OVERLAY_SIDE = 320  # Grad-CAM is drawn on a copy this wide; the model sees the original
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif"]

@@ -6,9 +6,9 @@ import streamlit as st
 
 from retino_core import evaluation, metrics, runs, trust, viz
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/evaluation.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 
 @st.cache_data(show_spinner="Grading the validation and test images with flips…", max_entries=8)

@@ -5,9 +5,9 @@ import streamlit as st
 
 from retino_core import runs, viz
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/live.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 st.title("Live")
 

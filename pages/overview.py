@@ -8,9 +8,9 @@ from retino_core import launch, report, runs, trust, viz, weights
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
 from retino_core.data import DataError, ImageError, open_source
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/overview.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 
 @st.cache_resource(show_spinner="Reading the dataset…", max_entries=4)

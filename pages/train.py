@@ -11,9 +11,9 @@ from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, C
 from retino_core.data import DataError, open_source
 from retino_core.errors import WeightsError
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/train.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 
 @st.cache_resource(show_spinner="Checking the dataset…", max_entries=4)
