@@ -431,11 +431,28 @@ def _score(metrics: dict, split: str, metric: str) -> float:
 # ---------------------------------------------------------------- fit
 
 
-def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
-        recorder: Recorder | None = None, source: DataSource | None = None) -> dict:
-    """Train ``cfg`` into ``run_dir``; returns (and writes) summary.json."""
-    run_dir = Path(run_dir)
-    rec = recorder or Recorder(run_dir, quiet)
+@dataclass
+class Training:
+    """What one run trains with: built by build_training, advanced by run_epochs."""
+
+    model: nn.Module  # the raw model (its state_dict goes into the checkpoints)
+    train_model: nn.Module  # what the loop calls: DDP-wrapped and / or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    loss_fn: nn.Module
+    steps_per_epoch: int
+    start_epoch: int = 1
+    best_score: float = -math.inf
+    best_epoch: int = 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def prepare_device(cfg: TrainConfig, run_dir: Path) -> torch.device:
+    """The device, the seed and the checkpoints folder (without a killed trainer's half file)."""
     ckdir = run_dir / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     for stale in ckdir.glob(".*.tmp"):  # half a checkpoint, left by a trainer killed mid-write
@@ -446,12 +463,20 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def open_data(cfg: TrainConfig, device: torch.device, source: DataSource | None = None) -> tuple[DataSource, dict]:
+    """The data source (image headers checked) and a loader per split."""
     source = source or open_source(cfg.data, cfg.val_fraction, cfg.seed)
     for name, split in source.splits.items():  # headers only: seconds for 35k files
         if split.paths is not None:
             check_images(split.paths, f"the {name} split of {source.name}")
-    loaders = build_loaders(cfg, source, device)
-    select_split = "val" if "val" in loaders else "test"
+    return source, build_loaders(cfg, source, device)
+
+
+def build_training(cfg: TrainConfig, source: DataSource, loaders: dict, device: torch.device) -> Training:
+    """Model, optimiser, schedule, weight average and loss for ``cfg``."""
     model = build_model(cfg.arch, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -460,75 +485,80 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    ema = weight_ema(model, cfg.ema) if cfg.ema else None
-    loss_fn = build_loss(cfg, source.splits["train"].labels).to(device)
     train_model = distributed.wrap(model, device)  # DDP under torchrun, else the model itself
     train_model = torch.compile(train_model) if cfg.compile and device.type == "cuda" else train_model
+    return Training(model, train_model, optimizer, scheduler, weight_ema(model, cfg.ema) if cfg.ema else None,
+                    build_loss(cfg, source.splits["train"].labels).to(device), steps_per_epoch)
 
-    start_epoch, best_score, best_epoch = 1, -math.inf, 0
-    last_path, best_path = ckdir / "last.pt", ckdir / "best.pt"
-    if resume:
-        if not last_path.exists():
-            raise TrainingFailed(f"cannot resume: {last_path} does not exist (no epoch finished yet)")
-        try:
-            ck = torch.load(last_path, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a planted or damaged file: say so, run nothing
-            raise CheckpointError(f"cannot resume: {last_path} is not a loadable checkpoint "
-                                  f"({refused_load(err)})") from None
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        if ema is not None and "ema" in ck:
-            ema.load_state_dict(ck["ema"])
-        start_epoch, best_score, best_epoch = ck["epoch"] + 1, ck["best_score"], ck["best_epoch"]
-        # Drop rows of the epoch that was cut off, so charts show one clean history.
-        kept = [r for r in runs.read_metrics(run_dir) if int(r.get("epoch", 0)) <= ck["epoch"]]
-        runs.atomic_write_bytes(rec.metrics, b"")
-        runs.append_jsonl(rec.metrics, kept + [{"kind": "resume", "epoch": ck["epoch"], "time": time.time()}])
 
-    baseline = {f"{s}_majority_acc": majority_baseline(source.splits["train"].labels, source.splits[s].labels)
-                for s in source.splits if s != "train"}
-    rec.progress = {"epoch": start_epoch - 1, "epochs": cfg.epochs, "device": str(device),
-                    "selected_on": select_split, **baseline}
+def resume_training(t: Training, run_dir: Path, rec: "Recorder", device: torch.device) -> None:
+    """Load last.pt into ``t`` and drop the metric rows of the epoch that was cut off."""
+    last_path = run_dir / "checkpoints" / "last.pt"
+    if not last_path.exists():
+        raise TrainingFailed(f"cannot resume: {last_path} does not exist (no epoch finished yet)")
+    try:
+        ck = torch.load(last_path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a planted or damaged file: say so, run nothing
+        raise CheckpointError(f"cannot resume: {last_path} is not a loadable checkpoint "
+                              f"({refused_load(err)})") from None
+    t.model.load_state_dict(ck["model"])
+    t.optimizer.load_state_dict(ck["optimizer"])
+    t.scheduler.load_state_dict(ck["scheduler"])
+    if t.ema is not None and "ema" in ck:
+        t.ema.load_state_dict(ck["ema"])
+    t.start_epoch, t.best_score, t.best_epoch = ck["epoch"] + 1, ck["best_score"], ck["best_epoch"]
+    # Drop rows of the epoch that was cut off, so charts show one clean history.
+    kept = [r for r in runs.read_metrics(run_dir) if int(r.get("epoch", 0)) <= ck["epoch"]]
+    runs.atomic_write_bytes(rec.metrics, b"")
+    runs.append_jsonl(rec.metrics, kept + [{"kind": "resume", "epoch": ck["epoch"], "time": time.time()}])
+
+
+def _step_reporter(rec: "Recorder", epoch: int, bar) -> Callable[[StepReport], None]:
+    """on_step for one epoch: a metrics row, the status progress and the progress bar."""
+    done_steps = [0]
+
+    def on_step(r: StepReport) -> None:
+        rec.row("step", epoch=r.epoch, step=r.step, steps=r.steps, global_step=(r.epoch - 1) * r.steps + r.step,
+                train_loss=r.loss, train_acc=r.acc, lr=r.lr, images_per_s=r.images_per_s)
+        rec.progress.update(epoch=epoch - 1 + r.step / r.steps, step=r.step, steps=r.steps,
+                            images_per_s=r.images_per_s, train_loss=r.loss)
+        if bar is not None:
+            bar.update(r.step - done_steps[0])
+            done_steps[0] = r.step
+            bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.acc:.3f}", refresh=False)
+
+    return on_step
+
+
+def run_epochs(cfg: TrainConfig, t: Training, loaders: dict, device: torch.device, run_dir: Path,
+               rec: "Recorder", select_split: str, quiet: bool) -> None:
+    """Train, evaluate and checkpoint each remaining epoch; best.pt follows the selection score."""
+    ckdir = run_dir / "checkpoints"
     t_start = time.monotonic()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(t.start_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # resume replays the same epochs
         distributed.set_epoch(loaders["train"], epoch)
-        bar = rec.bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
-        done_steps = [0]
-
-        def on_step(r: StepReport, epoch=epoch, bar=bar, done_steps=done_steps) -> None:
-            rec.row("step", epoch=r.epoch, step=r.step, steps=r.steps,
-                    global_step=(r.epoch - 1) * r.steps + r.step, train_loss=r.loss,
-                    train_acc=r.acc, lr=r.lr, images_per_s=r.images_per_s)
-            rec.progress.update(epoch=epoch - 1 + r.step / r.steps, step=r.step, steps=r.steps,
-                                images_per_s=r.images_per_s, train_loss=r.loss)
-            if bar is not None:
-                bar.update(r.step - done_steps[0])
-                done_steps[0] = r.step
-                bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.acc:.3f}", refresh=False)
-
-        row = train_one_epoch(train_model, loaders["train"], loss_fn, optimizer, scheduler, device,
-                              cfg, epoch, ema, on_step)
-        eval_model = ema.module if ema is not None else model
+        on_step = _step_reporter(rec, epoch, rec.bar(t.steps_per_epoch, f"epoch {epoch}/{cfg.epochs}"))
+        row = train_one_epoch(t.train_model, loaders["train"], t.loss_fn, t.optimizer, t.scheduler, device,
+                              cfg, epoch, t.ema, on_step)
         t_eval = time.monotonic()
         for split in loaders:
             if split != "train":
-                row.update(evaluate(eval_model, loaders[split], device, cfg, split))
+                row.update(evaluate(t.eval_model, loaders[split], device, cfg, split))
         row["eval_seconds"] = time.monotonic() - t_eval
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["lr"] = t.optimizer.param_groups[0]["lr"]
         score = _score(row, select_split, cfg.select_metric)
-        improved = score > best_score or best_epoch == 0  # a NaN score still leaves a best.pt
+        improved = score > t.best_score or t.best_epoch == 0  # a NaN score still leaves a best.pt
         if improved:
-            best_score, best_epoch = score, epoch
-            save_checkpoint(_checkpoint(eval_model, cfg, epoch, {"selected_on": select_split}), best_path)
-        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "best_score": best_score, "best_epoch": best_epoch}
-        if ema is not None:
-            extra["ema"] = ema.state_dict()
-        save_checkpoint(_checkpoint(model, cfg, epoch, extra), last_path)
+            t.best_score, t.best_epoch = score, epoch
+            save_checkpoint(_checkpoint(t.eval_model, cfg, epoch, {"selected_on": select_split}), ckdir / "best.pt")
+        extra = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                 "best_score": t.best_score, "best_epoch": t.best_epoch}
+        if t.ema is not None:
+            extra["ema"] = t.ema.state_dict()
+        save_checkpoint(_checkpoint(t.model, cfg, epoch, extra), ckdir / "last.pt")
         rec.row("epoch", epoch=epoch, best=improved, elapsed=time.monotonic() - t_start, **row)
-        rec.progress.update(epoch=epoch, best_epoch=best_epoch,
+        rec.progress.update(epoch=epoch, best_epoch=t.best_epoch,
                             **{k: row.get(k) for k in ("val_acc", "test_acc", "val_qwk", "test_qwk")})
         rec.close_bar()
         if not quiet:
@@ -536,11 +566,29 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                                                           f"{select_split}_acc", f"{select_split}_qwk")
                              if isinstance(row.get(k), float))
             print(f"epoch {epoch}/{cfg.epochs} {shown}{' *' if improved else ''}", file=sys.stderr)
-    summary = finalize(cfg, run_dir, source, loaders, device, best_epoch, select_split)
+
+
+def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+        recorder: Recorder | None = None, source: DataSource | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir``; returns (and writes) summary.json."""
+    run_dir = Path(run_dir)
+    rec = recorder or Recorder(run_dir, quiet)
+    device = prepare_device(cfg, run_dir)
+    source, loaders = open_data(cfg, device, source)
+    select_split = "val" if "val" in loaders else "test"
+    training = build_training(cfg, source, loaders, device)
+    if resume:
+        resume_training(training, run_dir, rec, device)
+    baseline = {f"{s}_majority_acc": majority_baseline(source.splits["train"].labels, source.splits[s].labels)
+                for s in source.splits if s != "train"}
+    rec.progress = {"epoch": training.start_epoch - 1, "epochs": cfg.epochs, "device": str(device),
+                    "selected_on": select_split, **baseline}
+    run_epochs(cfg, training, loaders, device, run_dir, rec, select_split, quiet)
+
+    summary = finalize(cfg, run_dir, source, loaders, device, training.best_epoch, select_split)
     # Summed from the epoch rows, so time spent before a resume is counted too.
     epochs_done = runs.epoch_rows(run_dir)
-    summary["train_seconds"] = float(sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0)
-                                         for r in epochs_done))
+    summary["train_seconds"] = float(sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in epochs_done))
     summary["test_acc_per_epoch"] = [r.get("test_acc") for r in epochs_done]
     summary.update(baseline)
     summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
