@@ -24,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(runs_dir: Path, log, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_app(runs_dir: Path, log, timeout: float = 120.0, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start the app over ``runs_dir`` (output to the open file ``log``); wait until it answers.
 
     Returns (process, url). Raises RuntimeError, with the process group killed, if it never does.
@@ -32,7 +32,8 @@ def start_app(runs_dir: Path, log, timeout: float = 120.0) -> tuple[subprocess.P
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         *(extra or [])],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "RETINO_RUNS_DIR": str(runs_dir)})
     url = f"http://127.0.0.1:{port}"
