@@ -9,9 +9,9 @@ from retino_core import runs, trust, viz
 from retino_core.config import GRADE_NAMES
 from retino_core.data import DataError, ImageError, open_source
 
-if not st.session_state.get("app"):  # opened before streamlit_app.py ran: see there
-    st.session_state.return_to = "pages/results.py"
-    st.switch_page("streamlit_app.py")
+from pages import through_the_app
+
+through_the_app(__file__)
 
 GALLERY_SIZE = 24
 
