@@ -114,7 +114,8 @@ def _patients(config: dict) -> str:
         source = open_source(spec, config.get("val_fraction", 0.1), config.get("seed", 0))
     except DataError as err:
         return f"Not counted: the data set cannot be opened here ({err})."
-    counts = ", ".join(f"{name} {len({patient_of(n) for n in split.names}):,}" for name, split in source.splits.items())
+    counts = ", ".join(f"{_SPLITS.get(name, name)} {len({patient_of(n) for n in split.names}):,}"
+                       for name, split in source.splits.items())
     notes = " ".join(f"Note: {n}." for n in source.notes)
     return (f"Patients per split: {counts}. Where retino carved a split, both eyes of a patient stay on one side. "
             + notes).strip()
@@ -122,11 +123,15 @@ def _patients(config: dict) -> str:
 
 def _split_text(config: dict, summary: dict) -> str:
     selected = summary.get("selected_on", "val")
-    if _is_retinamnist(str(config.get("data", "retinamnist"))):
+    spec = str(config.get("data", "retinamnist"))
+    carved = (f"fraction {config.get('val_fraction', 0.1)}, stratified by grade, both eyes of a patient on one side, "
+              f"seed {config.get('seed', 0)}")
+    if _is_retinamnist(spec):
         how = "the official train / validation / test split"
+    elif spec.strip().lower().endswith(".csv"):
+        how = f"train, validation and test carved from one labels CSV ({carved})"
     else:
-        how = (f"validation carved from training (fraction {config.get('val_fraction', 0.1)}, stratified by "
-               "grade, seed " f"{config.get('seed', 0)})")
+        how = f"the lab's train / test split, validation carved from its training images ({carved})"
     return (f"{how}; the checkpoint was chosen on {_SPLITS.get(selected, selected)} "
             f"({config.get('select_metric', '?')}) and the temperature fitted there; test only reports")
 
@@ -261,8 +266,8 @@ def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
                      "vessels (proliferative DR) are a few pixels wide in a full-size photo and are gone at this "
                      "size, so it cannot see the lesions that define those grades.")
     else:
-        items.append(f"**Resolution.** It sees every photo at {size}×{size} px; a larger photo is shrunk to that "
-                     "and loses detail finer than its size over that.")
+        items.append(f"**Resolution.** It sees every photo at {size}×{size} px: a larger photo is shrunk to that "
+                     f"first, and detail finer than (its side ÷ {size}) pixels is lost to the model.")
     items.append(f"**One data source.** Training, validation and test photos all come from {source}. Its numbers say "
                  "nothing about other cameras, clinics, ethnicities or ages.")
     items.append("**No external validation.** It has not been tested on an independent data set, nor prospectively, "
@@ -280,7 +285,7 @@ def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
     if checks.get("n") and checks["n"] < 1000 and checks.get("acc_ci"):
         items.append(f"**Small test set.** With {checks['n']:,} test images, its accuracy could lie anywhere from "
                      f"{_ci(checks['acc_ci'])}.")
-    items.append(f"**Calibration and threshold** were fitted on {summary.get('val_n', 'the'):,} validation images of the "
+    items.append(f"**Calibration and threshold** were fitted on {summary.get('val_n', 0):,} validation images of the "
                  "same source; on other photos both may be off." if summary.get("val_n") else
                  "**Calibration and threshold** come from the training source; on other photos both may be off.")
     items.append("**Scope.** Five DR grades only: no diabetic macular oedema, other eye disease or image-quality grading.")
