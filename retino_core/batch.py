@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .config import GRADE_NAMES
 from .data import ImageError, load_image
@@ -231,10 +232,11 @@ def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple
         return
     try:
         preds = predictor.predict([img for _, img in ok], [path for path, _ in ok], tta)
+    except Exception:  # noqa: BLE001 - retried one by one below, which names the file at fault
+        preds = None
+    if preds is not None:
         yield from ((path, Graded(path, pred)) for (path, _), pred in zip(ok, preds))
         return
-    except Exception:  # noqa: BLE001 - retried one by one below, which names the file
-        pass
     for path, img in ok:
         try:
             yield path, Graded(path, predictor.predict([img], [path], tta)[0])
@@ -247,8 +249,6 @@ def grade_to_csv(predictor: Predictor, items: Sequence[tuple[str, str]], out: Re
                  batch_size: int = BATCH_SIZE, workers: int | None = None, progress: bool = True) -> dict:
     """Grade the ``items`` that ``out`` has no row for, a row each, written a batch at a time
     under a progress bar; returns the counts (graded, failed, out_of_distribution, skipped)."""
-    from tqdm import tqdm
-
     todo = [item for item in items if not out.is_done(item[0])]
     counts = {"graded": 0, "failed": 0, "out_of_distribution": 0, "skipped": len(items) - len(todo)}
     rows: list[dict] = []
