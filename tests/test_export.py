@@ -358,3 +358,15 @@ def test_results_page_offers_the_card_and_the_export(runs_dir: Path, finished_ru
     assert labels[-1] == f"Download {run_dir.name}-onnx.zip"
     assert export.read_export(export.default_folder(run_dir, "onnx"))["trust"]["verdict"] == "no better than guessing"
     assert any("Checked on 16 test-split images" in c.value for c in at.caption)
+
+
+def test_export_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    from conftest import load_bench
+
+    bench = load_bench("export_bench")
+    assert bench.main(["--archs", "resnet18", "--sizes", "32", "--photos", "3", "--photo-size", "48",
+                       "--rounds", "1", "--repeats", "1", "--batch-size", "2", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "export.json").read_text())
+    assert [(r["arch"], r["size"], r["tta"]) for r in results] == [("resnet18", 32, True)]
+    assert all(v["images_per_s"] > 0 and v["single_ms"] > 0 for v in results[0]["median"].values())
+    assert "| resnet18 | 32 px | on |" in (tmp_path / "export.md").read_text()
