@@ -131,8 +131,8 @@ def _diff(m: dict, scale: float = 1.0, unit: str = "") -> str:
     if m["ci"] is None:
         return "–"
     digits = 1 if scale == 100 else 3
-    return (f"{scale * m['diff']:+.{digits}f}{unit} ({scale * m['ci'][0]:+.{digits}f} to "
-            f"{scale * m['ci'][1]:+.{digits}f})")
+    return (f"{stats.signed(m['diff'], scale, digits)}{unit} ({stats.signed(m['ci'][0], scale, digits)} to "
+            f"{stats.signed(m['ci'][1], scale, digits)})")
 
 
 # ---------------------------------------------------------------- intervals and seeds

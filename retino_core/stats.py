@@ -179,31 +179,35 @@ def _bootstrap_p(diff: np.ndarray) -> float | None:
     return float(min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0))))
 
 
-def _points(x: float) -> str:
-    return f"{abs(100 * x):.1f} points"
+def signed(x: float, scale: float = 1.0, digits: int = 1) -> str:
+    return f"{scale * x + 0.0:+.{digits}f}"  # + 0.0: never '-0.0'
 
 
 def verdict_sentence(name_a: str, name_b: str, result: dict, p_accuracy: float | None = None,
                      alpha: float = 0.05) -> str:
-    """Plain words: 'A is more accurate than B by 0.7 points, 95 % CI -0.4 to 1.8: not a real
-    difference on this test set (McNemar p = 0.21)'. ``p_accuracy``: an adjusted p (Holm)."""
-    acc = result["metrics"]["acc"]
+    """Plain words, the more accurate run first: 'B is more accurate than A by 0.7 points, 95 %
+    CI -0.4 to +1.8: not a real difference on this test set (McNemar p = 0.21); QWK ...'.
+    ``p_accuracy``: an adjusted p-value (Holm) to judge by instead of McNemar's own."""
+    acc, qwk = result["metrics"]["acc"], result["metrics"]["qwk"]
     p = result["mcnemar"]["p"] if p_accuracy is None else p_accuracy
-    lo, hi = acc["ci"] or [math.nan, math.nan]
+    sign = -1.0 if acc["diff"] < 0 else 1.0  # differences read as (the first named) minus (the second)
+    first, second = (name_b, name_a) if sign < 0 else (name_a, name_b)
+
+    def ci(m: dict, scale: float, digits: int) -> str:
+        if m["ci"] is None:
+            return "no interval"
+        lo, hi = sorted((sign * m["ci"][0], sign * m["ci"][1]))
+        return f"95 % CI {signed(lo, scale, digits)} to {signed(hi, scale, digits)}"
+
     if acc["diff"] == 0:
         head = f"{name_a} and {name_b} are equally accurate"
     else:
-        better, worse = (name_a, name_b) if acc["diff"] > 0 else (name_b, name_a)
-        head = f"{better} is more accurate than {worse} by {_points(acc['diff'])}"
-    sign = 1 if acc["diff"] >= 0 else -1
-    ci = f"95 % CI {100 * sign * lo:+.1f} to {100 * sign * hi:+.1f}" if sign > 0 else \
-        f"95 % CI {100 * sign * hi:+.1f} to {100 * sign * lo:+.1f}"
+        head = f"{first} is more accurate than {second} by {abs(100 * acc['diff']):.1f} points"
     real = "a real difference" if p < alpha else "not a real difference"
     adjusted = "Holm-adjusted " if p_accuracy is not None else ""
-    qwk = result["metrics"]["qwk"]
-    qwk_text = ""
+    text = f"{head}, {ci(acc, 100, 1)}: {real} on this test set ({adjusted}McNemar p = {p:.3g})"
     if qwk["ci"] is not None:
-        qwk_real = "real" if (qwk["ci"][0] > 0 or qwk["ci"][1] < 0) else "not real"
-        qwk_text = f"; QWK {qwk['diff']:+.3f} (95 % CI {qwk['ci'][0]:+.3f} to {qwk['ci'][1]:+.3f}, {qwk_real})"
-    return f"{head}, {ci}: {real} on this test set ({adjusted}McNemar p = {p:.3g}){qwk_text}."
-
+        lo, hi = sorted((sign * qwk["ci"][0], sign * qwk["ci"][1]))
+        qwk_real = "a real difference" if lo > 0 or hi < 0 else "not a real difference"
+        text += f"; its QWK differs by {signed(sign * qwk['diff'], 1, 3)} ({ci(qwk, 1, 3)}, {qwk_real})"
+    return text + "."
