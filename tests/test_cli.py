@@ -110,6 +110,20 @@ def test_sweep_trains_the_four_configurations(tiny_npz, runs_dir, tmp_path, monk
     assert table.count("done") == 4 and "resnet50 / pretrained" in table
 
 
+def test_sweep_queues_each_configuration_with_several_seeds(tiny_npz, runs_dir, monkeypatch, capsys):
+    from retino_core import launch
+
+    monkeypatch.setattr(launch, "spawn_worker", lambda runs_dir=None: 0)  # queue only
+    assert main(["sweep", "--data", str(tiny_npz), "--archs", "resnet18", "--seeds", "3", "--seed", "5",
+                 "--queue"]) == 0
+    infos = runs.list_runs(runs_dir)
+    assert sorted((r.configuration, r.config["seed"]) for r in infos) == [
+        (c, s) for c in ("resnet18 / pretrained", "resnet18 / scratch") for s in (5, 6, 7)]
+    assert all(r.state == "queued" for r in infos)
+    assert main(["sweep", "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
 def test_predict_text_and_json(finished_run, capsys, tmp_path):
     assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run)]) == 0
     assert "grade" in capsys.readouterr().out

@@ -184,3 +184,16 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
     open_page(page, url, "retino")
     expect(page.get_by_text("test accuracy").first).to_be_visible()
     screenshot(page, "overview")
+
+    # Delete the newest run (picked by default): the confirmation is for that run, it closes
+    # after deleting, the toast stays up while the table redraws, and the other run stays.
+    newest, other = runs.list_runs(runs_dir)[:2]
+    open_page(page, f"{url}/train", "Train")
+    page.get_by_role("button", name="Delete", exact=True).click()
+    expect(page.get_by_text(f"Delete {newest.run_id}")).to_be_visible()
+    page.get_by_role("button", name="Delete for good").click()
+    expect(page.get_by_text(f"Deleted {newest.run_id}")).to_be_visible()
+    page.wait_for_timeout(4500)  # two redraws of the run table
+    expect(page.get_by_role("button", name="Delete for good")).to_have_count(0)
+    assert not newest.path.exists() and other.path.exists()
+    screenshot(page, "train-after-delete")
