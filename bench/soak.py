@@ -101,7 +101,8 @@ def soak(url: str, server_pid: int, hits: int, sample_every: int, timeout_s: flo
                 return
             visit("classify")
             tab.locator("input[type=file]").set_input_files(str(good if what == "good" else bad))
-            text = "predicted grade" if what == "good" else "notes.png: not a recognised image"
+            # The registry's model trained 3 steps: a good upload is graded and shown as no answer.
+            text = "None of the chosen models is usable" if what == "good" else "notes.png: not a recognised image"
             tab.get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
             tab.wait_for_function(RENDERED, polling=50, timeout=timeout_s * 1000)
 
@@ -139,8 +140,8 @@ def report(result: dict, log_text: str, training_status: dict, pages_hit: list[s
         f"(load average at the end {os.getloadavg()[0]:.1f}; the machine is shared). "
         "Headless Chromium (Debian's) drives `streamlit run streamlit_app.py` on 127.0.0.1; "
         "each hit is a fresh navigation (a new session) to a page, or to Classify with an upload "
-        "(a fundus JPEG that must be graded, with Grad-CAM, or a text file named .png that must be "
-        "refused by name). A ResNet18 run trains in the background the whole time.",
+        "(a fundus JPEG that must be graded, with Grad-CAM, and shown as no answer since the 3-step model "
+        "is no better than guessing, or a text file named .png that must be refused by name). A ResNet18 run trains in the background the whole time.",
         "",
         "| | |",
         "|---|---|",
