@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .config import GRADE_NAMES, NUM_CLASSES
+from .integrity import Report, assign_patients, label_warnings, patient_rule, patient_summary, straddling
+from .integrity import first as _first
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 RETINAMNIST_NPZ = ASSETS / "retinamnist.npz"
@@ -51,6 +53,14 @@ class DataError(ValueError):
 
 class ImageError(ValueError):
     """An image that cannot be decoded into an RGB fundus photograph."""
+
+
+class DatasetInvalid(DataError):
+    """A dataset with errors; ``report`` lists every problem of every file and split."""
+
+    def __init__(self, report: Report):
+        super().__init__(report.text())
+        self.report = report
 
 
 # ---------------------------------------------------------------- images
@@ -202,6 +212,7 @@ class Split:
     names: list[str]
     images: np.ndarray | None = None
     paths: list[Path] | None = None
+    patients: list[str] | None = None  # one id per image; None: patient_of(name)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -223,7 +234,11 @@ class Split:
             names=[self.names[i] for i in idx],
             images=None if self.images is None else self.images[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
+            patients=None if self.patients is None else [self.patients[i] for i in idx],
         )
+
+    def patient_ids(self) -> list[str]:
+        return self.patients if self.patients is not None else [patient_of(n) for n in self.names]
 
 
 @dataclass
@@ -236,6 +251,7 @@ class DataSource:
     val_carved: bool = False
     root: Path | None = None
     notes: list[str] = field(default_factory=list)
+    report: Report = field(default_factory=Report)  # warnings found on opening (errors raise DatasetInvalid)
 
     @property
     def has_val(self) -> bool:
@@ -313,52 +329,70 @@ def load_retinamnist(path: str | os.PathLike | None = None) -> DataSource:
 # ---------------------------------------------------------------- headerless CSV columns
 
 
-def read_column(path: Path) -> list[str]:
-    """One value per line, every line a row (no header), tolerant of BOM, CRLF, trailing blanks."""
+def _read_lines(path: Path, report: Report) -> list[str]:
+    """Every line of a headerless CSV as a row (blank ones kept, so row numbers stay true);
+    problems go into ``report``. Tolerant of BOM, CRLF and trailing blank lines."""
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+        report.add("unreadable CSV files", path.name, f"cannot read {path}: {err.strerror or err}")
+        return []
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text (byte {err.start}): is it really a CSV?") from None
+        report.add("unreadable CSV files", path.name,
+                   f"{path} is not UTF-8 text (byte {err.start}): is it really a CSV?")
+        return []
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     blank = [i + 1 for i, line in enumerate(lines) if not line]
     if blank:
-        raise DataError(
-            f"{path.name}: blank line(s) at {_first(blank)} inside the file; "
-            "each line must hold one value"
-        )
+        report.add("blank lines", path.name, f"{path.name}: blank line(s) at {_first(blank)} inside the file; "
+                   "each line must hold one value", [f"line {i}" for i in blank])
     multi = [i + 1 for i, line in enumerate(lines) if "," in line]
     if multi:
-        raise DataError(
-            f"{path.name}: line(s) {_first(multi)} hold more than one value; the lab CSVs are "
-            "headerless with one value per line (for a CSV with columns pass the file itself)"
-        )
+        report.add("lines with more than one value", path.name,
+                   f"{path.name}: line(s) {_first(multi)} hold more than one value; the lab CSVs are headerless "
+                   "with one value per line (for a CSV with columns pass the file itself)",
+                   [f"line {i}" for i in multi])
     if not lines:
-        raise DataError(f"{path.name} is empty")
+        report.add("empty files", path.name, f"{path.name} is empty")
     return lines
 
 
-def parse_grades(values: Sequence[object], where: str) -> np.ndarray:
-    """Grades as int64 0..4; every bad value is reported with its row number."""
-    out = np.empty(len(values), dtype=np.int64)
+def read_column(path: Path) -> list[str]:
+    """One value per line, every line a row (no header), tolerant of BOM, CRLF, trailing blanks."""
+    report = Report()
+    lines = _read_lines(Path(path), report)
+    if report.errors:
+        raise DatasetInvalid(report)
+    return lines
+
+
+def _grades(values: Sequence[object], where: str, report: Report, skip_blank: bool = False) -> np.ndarray:
+    """Grades as int64 0..4, -1 where bad (``skip_blank``: blank rows are another check's problem)."""
+    out = np.full(len(values), -1, dtype=np.int64)
     bad: list[str] = []
     for i, v in enumerate(values):
         s = str(v).strip()
         # ASCII digits only, and few of them: int() of a 5000-digit string raises ValueError.
         if re.fullmatch(r"[+-]?[0-9]{1,9}", s) and 0 <= int(s) < NUM_CLASSES:
             out[i] = int(s)
-        else:
+        elif s or not skip_blank:
             bad.append(f"row {i + 1}: {s[:20]!r}")
     if bad:
-        raise DataError(
-            f"{where}: {len(bad)} label(s) are not grades 0-{NUM_CLASSES - 1} "
-            f"(integers): {_first(bad)}"
-        )
+        report.add("labels that are not grades", where, f"{where}: {len(bad)} label(s) are not grades "
+                   f"0-{NUM_CLASSES - 1} (integers): {_first(bad)}", bad)
+    return out
+
+
+def parse_grades(values: Sequence[object], where: str) -> np.ndarray:
+    """Grades as int64 0..4; every bad value is reported with its row number."""
+    report = Report()
+    out = _grades(values, where, report)
+    if report.errors:
+        raise DatasetInvalid(report)
     return out
 
 
@@ -368,20 +402,16 @@ def _check_grades(labels: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: grades outside 0-4 at rows {_first((bad + 1).tolist())}")
 
 
-def _first(items: Sequence[object], n: int = SHOW_FIRST) -> str:
-    shown = ", ".join(str(x) for x in items[:n])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
-
-
-def _check_unique(names: Sequence[str], where: str) -> None:
+def _check_unique(names: Sequence[str], where: str, report: Report) -> None:
     seen: set[str] = set()
     dups = []
     for n in names:
-        if n in seen:
+        if n and n in seen:
             dups.append(n)
         seen.add(n)
     if dups:
-        raise DataError(f"{where}: {len(dups)} image name(s) listed twice: {_first(dups)}")
+        report.add("names listed twice", where, f"{where}: {len(dups)} image name(s) listed twice: {_first(dups)}",
+                   dups)
 
 
 def index_images(root: Path, subdirs: Sequence[str] = IMAGE_SUBDIRS) -> dict[str, Path]:
@@ -404,34 +434,32 @@ def index_images(root: Path, subdirs: Sequence[str] = IMAGE_SUBDIRS) -> dict[str
     return index
 
 
-def _resolve_images(names: Sequence[str], index: dict[str, Path], where: str, root: Path) -> list[Path]:
-    paths, missing = [], []
-    for n in names:
-        p = index.get(n) or index.get(os.path.splitext(n)[0])
-        if p is None:
-            missing.append(n)
-        else:
-            paths.append(p)
+def _resolve_images(names: Sequence[str], index: dict[str, Path], where: str, root: Path,
+                    report: Report) -> list[Path | None]:
+    paths = [index.get(n) or index.get(os.path.splitext(n)[0]) if n else None for n in names]
+    missing = [n for n, p in zip(names, paths) if p is None and n]
     if missing:
-        raise DataError(
-            f"{len(missing):,} of {len(names):,} images listed in {where} were not found in "
-            f"{root} (looked for <name>.jpeg/.jpg/.png in {', '.join(IMAGE_SUBDIRS)}): "
-            f"{_first(missing)}"
-        )
+        report.add("missing images", where,
+                   f"{len(missing):,} of {len(names):,} images listed in {where} were not found in "
+                   f"{root} (looked for <name>.jpeg/.jpg/.png in {', '.join(IMAGE_SUBDIRS)}): "
+                   f"{_first(missing)}", missing)
     return paths
 
 
 def patient_of(name: str) -> str:
-    """``10_left`` / ``10_right`` -> ``10``: both eyes of a patient share a group."""
-    m = re.match(r"^(.+?)[_-](left|right|l|r|od|os)$", Path(name).stem, re.IGNORECASE)
-    return m.group(1) if m else Path(name).stem
+    """The patient an image belongs to, by the file-name layouts of integrity.PATIENT_RULES
+    (``10_left`` -> ``10``, ``c01_Patient007_R`` -> ``patient 7``); else the name itself."""
+    return patient_rule(name)[0]
 
 
-def carve_split(labels: np.ndarray, names: Sequence[str], fraction: float, seed: int):
-    """Stratified, patient-grouped split -> (keep_idx, carved_idx) with ~fraction carved."""
+def carve_split(labels: np.ndarray, names: Sequence[str], fraction: float, seed: int,
+                groups: Sequence[str] | None = None):
+    """Stratified, patient-grouped split -> (keep_idx, carved_idx) with ~fraction carved.
+
+    ``groups``: one patient id per image (default: patient_of each name)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    groups = np.array([patient_of(n) for n in names])
+    groups = np.array(list(groups) if groups is not None else [patient_of(n) for n in names])
     n_groups = len(set(groups.tolist()))
     # sklearn needs some grade with at least n_splits members; tiny datasets get coarser folds.
     largest_grade = int(np.bincount(labels).max()) if len(labels) else 0
@@ -449,8 +477,12 @@ def carve_split(labels: np.ndarray, names: Sequence[str], fraction: float, seed:
 # ---------------------------------------------------------------- lab layout
 
 
-def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> DataSource:
-    """The lab's four headerless CSVs and their images; validation carved from train."""
+def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0,
+                    patient_regex: str | None = None) -> DataSource:
+    """The lab's four headerless CSVs and their images; validation carved from train.
+
+    Every problem of every file is collected; any error raises DatasetInvalid with all of them.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
@@ -460,28 +492,34 @@ def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: in
             f"{root} lacks {', '.join(missing)}: a lab dataset folder holds "
             f"{', '.join(LAB_FILES)} and the images"
         )
+    report = Report(source=f"lab folder {root.name}")
     index = index_images(root)
     splits: dict[str, Split] = {}
     for split in ("train", "test"):
-        names = read_column(root / f"{split}_img.csv")
-        raw_labels = read_column(root / f"{split}_label.csv")
-        if len(names) != len(raw_labels):
-            raise DataError(
-                f"{split}_img.csv has {len(names):,} rows but {split}_label.csv has "
-                f"{len(raw_labels):,}: they must list the same images in the same order"
-            )
-        labels = parse_grades(raw_labels, f"{split}_label.csv")
-        _check_unique(names, f"{split}_img.csv")
-        paths = _resolve_images(names, index, f"{split}_img.csv", root)
-        splits[split] = Split(labels=labels, names=list(names), paths=paths)
-    notes = []
-    leaked = {patient_of(n) for n in splits["train"].names} & {patient_of(n) for n in splits["test"].names}
+        names = _read_lines(root / f"{split}_img.csv", report)
+        raw_labels = _read_lines(root / f"{split}_label.csv", report)
+        if names and raw_labels and len(names) != len(raw_labels):
+            report.add("files of different lengths", split,
+                       f"{split}_img.csv has {len(names):,} rows but {split}_label.csv has "
+                       f"{len(raw_labels):,}: they must list the same images in the same order")
+        labels = _grades(raw_labels, f"{split}_label.csv", report, skip_blank=True)
+        _check_unique(names, f"{split}_img.csv", report)
+        paths = _resolve_images(names, index, f"{split}_img.csv", root, report)
+        if not report.errors:
+            splits[split] = Split(labels=labels, names=list(names), paths=paths)
+    if report.errors:
+        raise DatasetInvalid(report)
+    names = splits["train"].names + splits["test"].names
+    ids, rules = assign_patients(names, patient_regex)
+    splits["train"].patients, splits["test"].patients = ids[:len(splits["train"])], ids[len(splits["train"]):]
+    report.info["patients"] = patient_summary(names, ids, rules)
+    src = DataSource(name=report.source, kind="lab", splits=splits, root=root, report=report)
+    leaked = straddling({k: s.patient_ids() for k, s in splits.items()}).get("train/test", [])
     if leaked:
-        notes.append(
+        src.notes.append(
             f"{len(leaked):,} patients have one eye in train and the other in test "
             "(the lab's split); test accuracy may be optimistic"
         )
-    src = DataSource(name=f"lab folder {root.name}", kind="lab", splits=splits, root=root, notes=notes)
     return _with_val(src, val_fraction, seed)
 
 
@@ -489,7 +527,7 @@ def _with_val(src: DataSource, val_fraction: float, seed: int) -> DataSource:
     if val_fraction <= 0:
         return src
     train = src.splits["train"]
-    keep, carved = carve_split(train.labels, train.names, val_fraction, seed)
+    keep, carved = carve_split(train.labels, train.names, val_fraction, seed, train.patient_ids())
     src.splits = {"train": train.subset(keep), "val": train.subset(carved), "test": src.splits["test"]}
     src.val_carved = True
     return src
@@ -501,16 +539,17 @@ def _with_val(src: DataSource, val_fraction: float, seed: int) -> DataSource:
 def _pick_column(columns: Sequence[str], wanted: Sequence[str], what: str, path: Path) -> str:
     lower = {c.strip().lower(): c for c in columns}
     for w in wanted:
-        if w in lower:
-            return lower[w]
+        if w.lower() in lower:
+            return lower[w.lower()]
     raise DataError(
         f"{path.name} has no {what} column; found {list(columns)}, expected one of: {', '.join(wanted)}"
     )
 
 
 def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> DataSource:
-    """A labels CSV with a header (image + grade columns) and its image folder."""
+             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+             patient_column: str | None = None, patient_regex: str | None = None) -> DataSource:
+    """A labels CSV with a header (image + grade columns, optionally a patient column) and its images."""
     import pandas as pd
 
     path = Path(path).expanduser().resolve()
@@ -520,45 +559,92 @@ def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None
         raise DataError(f"cannot read {path} as a CSV: {err}") from None
     img_col = _pick_column(df.columns, IMAGE_COLUMNS, "image", path)
     grade_col = _pick_column(df.columns, GRADE_COLUMNS, "grade", path)
-    names = [str(n).strip() for n in df[img_col].tolist()]
-    labels = parse_grades(df[grade_col].fillna("").tolist(), f"{path.name}:{grade_col}")
-    _check_unique(names, path.name)
+    column = None
+    if patient_column:
+        col = _pick_column(df.columns, [patient_column], "patient", path)
+        column = df[col].fillna("").tolist()
+    report = Report(source=f"CSV {path.name}")
+    names = [str(n).strip() for n in df[img_col].fillna("").tolist()]
+    blank = [i + 1 for i, n in enumerate(names) if not n]
+    if blank:
+        report.add("rows without an image name", path.name,
+                   f"{path.name}: row(s) {_first(blank)} have no {img_col}", [f"row {i}" for i in blank])
+    labels = _grades(df[grade_col].fillna("").tolist(), f"{path.name}:{grade_col}", report)
+    _check_unique(names, path.name, report)
+    if column is not None:
+        empty = [f"row {i + 1}" for i, c in enumerate(column) if not str(c).strip()]
+        if empty:
+            report.add("rows without a patient id", path.name,
+                       f"{path.name}: {len(empty)} row(s) have no {patient_column}: {_first(empty)}", empty)
     if image_dir is None:
         candidates = [path.parent / d for d in ("train_images", "train", "images", "data", ".")]
         image_dir = next((c for c in candidates if c.is_dir() and any(
             e.suffix.lower() in IMAGE_SUFFIXES for e in c.iterdir())), path.parent)
     image_dir = Path(image_dir).resolve()
-    index = index_images(image_dir, (".",))
-    paths = _resolve_images(names, index, path.name, image_dir)
-    full = Split(labels=labels, names=names, paths=paths)
-    rest, test = carve_split(labels, names, test_fraction, seed)
-    src = DataSource(
-        name=f"CSV {path.name}", kind="csv", root=path,
-        splits={"train": full.subset(rest), "test": full.subset(test)},
-        notes=[f"test split carved from {path.name} ({len(test)} images, patients kept together)"],
-    )
+    paths = _resolve_images(names, index_images(image_dir, (".",)), path.name, image_dir, report)
+    if report.errors:
+        raise DatasetInvalid(report)
+    patients, rules = assign_patients(names, patient_regex, column)
+    report.info["patients"] = patient_summary(names, patients, rules)
+    full = Split(labels=labels, names=names, paths=paths, patients=patients)
+    rest, test = carve_split(labels, names, test_fraction, seed, patients)
+    src = DataSource(name=report.source, kind="csv", root=path, report=report,
+                     splits={"train": full.subset(rest), "test": full.subset(test)})
     return _with_val(src, val_fraction, seed)
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def open_source(spec: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> DataSource:
-    """``retinamnist``, an ``.npz``, a lab folder or a labels ``.csv`` -> validated DataSource."""
+def open_source(spec: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0, *,
+                patient_column: str | None = None, patient_regex: str | None = None) -> DataSource:
+    """``retinamnist``, an ``.npz``, a lab folder or a labels ``.csv`` -> validated DataSource.
+
+    Raises DatasetInvalid (a DataError) listing every problem at once; warnings (patients on two
+    sides, rare grades, ...) are in ``source.report``, the patients found in ``report.info``.
+    """
+    if patient_regex:
+        try:
+            re.compile(patient_regex)
+        except re.error as err:
+            raise DataError(f"--patient-regex {patient_regex!r} is not a regular expression: {err}") from None
     text = str(spec).strip()
-    if text.lower() in ("retinamnist", ""):
-        return load_retinamnist()
     path = Path(text).expanduser()
-    if path.suffix.lower() == ".npz":
-        return load_retinamnist(path)
-    if path.is_dir():
-        return load_lab_folder(path, val_fraction, seed)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return load_csv(path, val_fraction=val_fraction, seed=seed)
-    raise DataError(
-        f"data {text!r} is neither 'retinamnist', an .npz file, a lab folder "
-        "(with train_img.csv, train_label.csv, test_img.csv, test_label.csv) nor a labels .csv"
-    )
+    if text.lower() in ("retinamnist", "") or path.suffix.lower() == ".npz":
+        src = load_retinamnist(path if text.lower() not in ("retinamnist", "") else None)
+    elif path.is_dir():
+        if patient_column:
+            raise DataError("--patient-column needs a labels .csv with a header; the lab layout's CSVs have "
+                            "one column each (use --patient-regex)")
+        src = load_lab_folder(path, val_fraction, seed, patient_regex)
+    elif path.suffix.lower() == ".csv" and path.is_file():
+        src = load_csv(path, val_fraction=val_fraction, seed=seed, patient_column=patient_column,
+                       patient_regex=patient_regex)
+    else:
+        raise DataError(
+            f"data {text!r} is neither 'retinamnist', an .npz file, a lab folder "
+            "(with train_img.csv, train_label.csv, test_img.csv, test_label.csv) nor a labels .csv"
+        )
+    _review(src)
+    return src
+
+
+def _review(src: DataSource) -> None:
+    """Patients found and where they sit, and label sanity, into the source's report."""
+    report = src.report
+    report.source = src.name
+    if src.kind != "retinamnist":  # MedMNIST names are made up: no patient ids to find
+        crossing = straddling({k: s.patient_ids() for k, s in src.splits.items()})
+        report.info["straddling"] = {pair: len(ids) for pair, ids in crossing.items()}
+        for pair, ids in crossing.items():
+            report.add("patients on two sides of a split", pair,
+                       f"{len(ids):,} patient(s) have images in both {pair.replace('/', ' and ')}: {_first(ids)}",
+                       ids, "warning")
+        if src.kind == "csv":
+            kept = "split by image: no patient id recognised" if report.info["patients"]["by_image"] \
+                else "patients kept together"
+            src.notes.append(f"test split carved from {src.root.name} ({len(src.splits['test'])} images, {kept})")
+    label_warnings(report, src.counts(), GRADE_NAMES)
 
 
 def grade_name(grade: int) -> str:
