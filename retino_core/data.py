@@ -56,11 +56,24 @@ class ImageError(ValueError):
 
 
 class DatasetInvalid(DataError):
-    """A dataset with errors; ``report`` lists every problem of every file and split."""
+    """A dataset with errors; ``report`` lists every problem of every file and split, and
+    ``found`` holds the image files that were found, so their check can be added to it."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, found: "DataSource | None" = None):
         super().__init__(report.text())
         self.report = report
+        self.found = found
+
+
+def _found(report: Report, kind: str, root: Path, names: dict[str, list[str]],
+           paths: dict[str, list[Path | None]]) -> "DataSource":
+    """The images that exist, per split, of a dataset that failed (grades unknown: zeros)."""
+    splits = {}
+    for k in names:
+        pairs = [(n, p) for n, p in zip(names[k], paths[k]) if p is not None]
+        splits[k] = Split(labels=np.zeros(len(pairs), np.int64), names=[n for n, _ in pairs],
+                          paths=[p for _, p in pairs])
+    return DataSource(name=report.source, kind=kind, splits=splits, root=root)
 
 
 # ---------------------------------------------------------------- images
@@ -495,6 +508,8 @@ def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: in
     report = Report(source=f"lab folder {root.name}")
     index = index_images(root)
     splits: dict[str, Split] = {}
+    all_names: dict[str, list[str]] = {}
+    all_paths: dict[str, list[Path | None]] = {}
     for split in ("train", "test"):
         names = _read_lines(root / f"{split}_img.csv", report)
         raw_labels = _read_lines(root / f"{split}_label.csv", report)
@@ -505,10 +520,11 @@ def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: in
         labels = _grades(raw_labels, f"{split}_label.csv", report, skip_blank=True)
         _check_unique(names, f"{split}_img.csv", report)
         paths = _resolve_images(names, index, f"{split}_img.csv", root, report)
+        all_names[split], all_paths[split] = names, paths
         if not report.errors:
             splits[split] = Split(labels=labels, names=list(names), paths=paths)
     if report.errors:
-        raise DatasetInvalid(report)
+        raise DatasetInvalid(report, _found(report, "lab", root, all_names, all_paths))
     names = splits["train"].names + splits["test"].names
     ids, rules = assign_patients(names, patient_regex)
     splits["train"].patients, splits["test"].patients = ids[:len(splits["train"])], ids[len(splits["train"]):]
@@ -583,7 +599,7 @@ def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None
     image_dir = Path(image_dir).resolve()
     paths = _resolve_images(names, index_images(image_dir, (".",)), path.name, image_dir, report)
     if report.errors:
-        raise DatasetInvalid(report)
+        raise DatasetInvalid(report, _found(report, "csv", path, {"all": names}, {"all": paths}))
     patients, rules = assign_patients(names, patient_regex, column)
     report.info["patients"] = patient_summary(names, patients, rules)
     full = Split(labels=labels, names=names, paths=paths, patients=patients)
