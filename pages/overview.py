@@ -6,7 +6,8 @@ import streamlit as st
 
 from retino_core import launch, report, runs, trust, viz, weights
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
-from retino_core.data import DataError, ImageError, open_source
+from retino_core.data import DataError, DatasetInvalid, ImageError, open_source
+from retino_core.integrity import describe_patients
 
 from pages import through_the_app
 
@@ -38,6 +39,8 @@ with st.form("dataset", border=False):
         spec = spec.strip() or "retinamnist"
         try:
             load_source(spec)
+        except DatasetInvalid as err:
+            st.error(f"Cannot use this dataset: {err.report.markdown()}")
         except DataError as err:
             st.error(f"Cannot use this dataset: {err}")
         else:
@@ -50,6 +53,11 @@ def show_dataset(source) -> None:
                 + f" images · always answering the commonest grade scores **{viz.percent(source.majority_share())}** on test")
     for note in source.notes:
         st.caption(note)
+    for line in describe_patients(source.report.info.get("patients", {})):
+        st.caption(line.strip())
+    if source.report.warnings:
+        with st.expander(f"{len(source.report.warnings)} warning(s) about this dataset"):
+            st.markdown(source.report.markdown())
     left, right = st.columns([3, 2])
     left.plotly_chart(viz.counts_figure(counts), width="stretch")
     right.dataframe(pd.DataFrame(counts, index=GRADE_NAMES).T, width="stretch")
@@ -63,6 +71,8 @@ def show_dataset(source) -> None:
 
 try:
     show_dataset(load_source(data))
+except DatasetInvalid as err:
+    st.error(f"The dataset in use cannot be read: {err.report.markdown()}\n\nPoint to another one above.")
 except (DataError, ImageError) as err:
     st.error(f"The dataset in use cannot be read: {err}. Point to another one above.")
 

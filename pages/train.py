@@ -8,7 +8,7 @@ import streamlit as st
 
 from retino_core import launch, report, runs, trust, viz, weights
 from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, ConfigError, make_config
-from retino_core.data import DataError, open_source
+from retino_core.data import DataError, DatasetInvalid, open_source
 from retino_core.errors import WeightsError
 
 from pages import through_the_app
@@ -73,6 +73,8 @@ if start or four:
         for cfg, reason in refused:
             st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
+    except DatasetInvalid as err:  # every problem of the dataset at once, as `validate` lists them
+        st.error(f"Not started: {err.report.markdown()}")
     except (ConfigError, DataError, runs.RunError) as err:
         st.error(f"Not started: {err}")
     else:

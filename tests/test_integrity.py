@@ -251,3 +251,32 @@ def test_cache_goes_to_the_runs_folder_when_the_dataset_is_read_only(tmp_path, r
     monkeypatch.setattr(integrity.os, "access", lambda path, mode: False)
     path = integrity.cache_file(tmp_path)
     assert path.parent == runs_dir / ".cache" and path.name.startswith("hashes-")
+
+
+# ---------------------------------------------------------------- the pages
+
+
+def test_overview_lists_every_problem_and_the_patients_found(tmp_path, runs_dir):
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    bad = write_lab_folder(tmp_path / "bad", n_train=20, n_test=6)
+    labels = (bad / "train_label.csv").read_text().splitlines()
+    labels[3], labels[8] = "", "7"
+    (bad / "train_label.csv").write_text("\n".join(labels) + "\n")
+    (bad / "data" / "3_left.jpeg").unlink()
+    at = AppTest.from_file(str(app), default_timeout=120).run()
+    at.switch_page("pages/overview.py").run()
+    at.text_input[0].set_value(str(bad))
+    at.button[0].click().run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert "3 errors" in error and "blank line(s) at 4" in error and "row 9: '7'" in error and "3_left" in error
+    good = write_lab(tmp_path / "good", [f"c0{i % 5}_Patient{i // 2:03d}_{'LR'[i % 2]}" for i in range(20)],
+                     [f"c00_Patient{100 + i:03d}_L" for i in range(5)])
+    at.text_input[0].set_value(str(good))
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    captions = " ".join(c.value for c in at.caption)
+    assert "patients: 15 found, 10 with two or more images" in captions
+    assert "c00_Patient000_L -> patient 0" in captions
