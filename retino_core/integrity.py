@@ -191,7 +191,7 @@ def describe_patients(summary: dict) -> list[str]:
     if not summary:
         return []
     if summary["by_image"]:
-        head = ("patients: no patient id recognised in the image names, so splits are by image, not by patient "
+        head = ("patients: no patient id recognised in the image names, so the split is by image, not by patient "
                 "(give --patient-column or --patient-regex if the names hold one)")
     else:
         head = (f"patients: {summary['patients']:,} found, {summary['with_two_or_more']:,} with two or more images; "
@@ -345,18 +345,20 @@ def _hash_matrix(hexes: Sequence[str]) -> np.ndarray:
     return np.frombuffer(b"".join(bytes.fromhex(h) for h in hexes), dtype=np.uint64).reshape(len(hexes), -1)
 
 
-def near_pairs(hexes: Sequence[str], max_bits: int = NEAR_BITS, chunk: int = 256) -> list[tuple[int, int]]:
+def near_pairs(hexes: Sequence[str], max_bits: int = NEAR_BITS, chunk: int = 64) -> list[tuple[int, int]]:
     """Index pairs (i < j) whose difference hashes differ in at most ``max_bits`` bits."""
     if len(hexes) < 2:
         return []
     m = _hash_matrix(hexes)
     pairs = []
     for start in range(0, len(m), chunk):
-        block = m[start:start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ m[None, start:, :]).sum(-1, dtype=np.int32)
-        ii, jj = np.nonzero(dist <= max_bits)
+        # The first 64 bits differ in no more bits than all 256: a cheap filter before the full count.
+        close = np.bitwise_count(m[start:start + chunk, :1] ^ m[None, start:, 0]) <= max_bits
+        ii, jj = np.nonzero(close)
         keep = jj > ii  # the upper triangle only: not a pair with itself, each pair once
-        pairs += [(start + int(i), start + int(j)) for i, j in zip(ii[keep], jj[keep])]
+        ii, jj = ii[keep] + start, jj[keep] + start
+        dist = np.bitwise_count(m[ii] ^ m[jj]).sum(-1)
+        pairs += [(int(i), int(j)) for i, j, d in zip(ii, jj, dist) if d <= max_bits]
     return pairs
 
 
