@@ -377,6 +377,8 @@ def cmd_validate(args) -> int:
     counts = ", ".join(f"{name} {len(split):,}" for name, split in source.splits.items())
     checked = ("every image decoded and hashed" if args.deep
                else "every image header read; --deep decodes them and finds duplicates")
+    if source.kind == "retinamnist":
+        checked = "images in the npz" + ("; every one hashed" if args.deep else "; --deep finds duplicates")
     images = report.info["images"]
     if images.get("from_cache"):
         checked += f", {images['from_cache']:,} from the cache"
