@@ -14,13 +14,12 @@ through_the_app(__file__)
 @st.cache_data(show_spinner="Grading the validation and test images with flips…", max_entries=8)
 def tta_metrics(run_dir: str, mtime: float) -> pd.DataFrame:  # noqa: ARG001 - mtime keys the cache
     """Metrics without and with flip TTA on validation and test, from the best checkpoint."""
-    from retino_core.data import open_source
+    from retino_core.data import source_of
     from retino_core.predict import Predictor
 
     run = runs.load_run(run_dir)
     predictor = Predictor.from_run(run_dir)
-    source = open_source(run.config.get("data", "retinamnist"), run.config.get("val_fraction", 0.1),
-                         run.config.get("seed", 0))
+    source = source_of(run.config)
     rows = []
     for split in ("val", "test"):
         if split not in source.splits:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from retino_core import runs, trust, viz
 from retino_core.config import GRADE_NAMES
-from retino_core.data import DataError, ImageError, open_source
+from retino_core.data import DataError, ImageError, source_of
 
 from pages import through_the_app
 
@@ -17,8 +17,9 @@ GALLERY_SIZE = 24
 
 
 @st.cache_resource(show_spinner="Opening the run's dataset…", max_entries=4)
-def load_source(spec: str, val_fraction: float, seed: int):
-    return open_source(spec, val_fraction, seed)
+def load_source(spec: str, val_fraction: float, seed: int, patient_column: str, patient_regex: str):
+    return source_of({"data": spec, "val_fraction": val_fraction, "seed": seed,
+                      "patient_column": patient_column, "patient_regex": patient_regex})
 
 
 def pick_cell(chart_key: str) -> None:
@@ -126,8 +127,9 @@ if cell.empty:
             "Click another square.")
     st.stop()
 try:
-    source = load_source(run.config.get("data", "retinamnist"), run.config.get("val_fraction", 0.1),
-                         run.config.get("seed", 0))
+    source = load_source(*(run.config.get(k, d) for k, d in (("data", "retinamnist"), ("val_fraction", 0.1),
+                                                             ("seed", 0), ("patient_column", ""),
+                                                             ("patient_regex", ""))))
     images = [viz.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
 except (DataError, ImageError, KeyError, IndexError) as err:
     st.warning(f"The images of this run's dataset cannot be shown: {err}")

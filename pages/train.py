@@ -8,7 +8,7 @@ import streamlit as st
 
 from retino_core import launch, report, runs, trust, viz, weights
 from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, ConfigError, make_config
-from retino_core.data import DataError, DatasetInvalid, open_source
+from retino_core.data import DataError, DatasetInvalid, source_of
 from retino_core.errors import WeightsError
 
 from pages import through_the_app
@@ -17,8 +17,9 @@ through_the_app(__file__)
 
 
 @st.cache_resource(show_spinner="Checking the dataset…", max_entries=4)
-def load_source(spec: str, val_fraction: float, seed: int):
-    return open_source(spec, val_fraction, seed)
+def load_source(spec: str, val_fraction: float, seed: int, patient_column: str = "", patient_regex: str = ""):
+    return source_of({"data": spec, "val_fraction": val_fraction, "seed": seed,
+                      "patient_column": patient_column, "patient_regex": patient_regex})
 
 
 st.title("Train")
@@ -52,6 +53,10 @@ with st.form("train"):
         n_seeds = c[0].number_input("Seeds for Run all four", 1, 10, 1,
                                     help="train each configuration with this many seeds (Seed, Seed + 1, ...): "
                                          "Compare then shows their mean ± SD")
+        patient_column = c[1].text_input("Patient column (optional)",
+                                         help="the labels CSV's column naming each image's patient")
+        patient_regex = c[2].text_input("Patient regex (optional)",
+                                        help="a regular expression whose first group is the patient id in a file name")
     left, right = st.columns([1, 4])
     start = left.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     four = right.form_submit_button("Run all four", icon=":material/grid_view:",
@@ -61,11 +66,13 @@ if start or four:
     settings = dict(data=data.strip() or "retinamnist", epochs=int(epochs), batch_size=int(batch_size),
                     lr=float(lr), image_size=int(image_size), augment=augment,
                     max_steps_per_epoch=int(max_steps), seed=int(seed), name=name.strip(),
-                    weights=weights_file.strip() or None)
+                    weights=weights_file.strip() or None, patient_column=patient_column.strip(),
+                    patient_regex=patient_regex.strip())
     try:
         configs = (report.four_configs(preset, seeds=int(n_seeds), **settings) if four
                    else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
-        load_source(configs[0].data, configs[0].val_fraction, configs[0].seed)  # fail here, not in the queue
+        first = configs[0]  # the dataset fails here, with every problem listed, not in the queue
+        load_source(first.data, first.val_fraction, first.seed, first.patient_column, first.patient_regex)
         if settings["weights"] and not Path(settings["weights"]).expanduser().is_file():
             raise ConfigError(f"weights file {settings['weights']} not found")
         # Runs that need ImageNet weights nobody can fetch would fail minutes later in the queue.

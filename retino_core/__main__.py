@@ -37,6 +37,9 @@ def _add_train_args(p: argparse.ArgumentParser, with_arch: bool = True) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gpu-data", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--patient-column", help="labels CSV column naming each image's patient (keeps a patient's "
+                   "images on one side of the carved splits)")
+    p.add_argument("--patient-regex", help="regular expression whose first group is the patient id in a file name")
     p.add_argument("--runs-dir", type=Path, help="where run folders go (default artifacts/runs)")
     p.add_argument("--name", default="", help="a label for the run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,7 +137,7 @@ def _config_from_args(args: argparse.Namespace, **fixed):
     keys = ("data", "weights", "epochs", "batch_size", "lr", "image_size", "weight_decay", "label_smoothing",
             "warmup_epochs", "ema", "val_fraction", "seed", "num_workers", "max_steps_per_epoch", "optimizer",
             "scheduler", "augment", "loss", "sampler", "preprocess", "select_metric", "device", "compile",
-            "amp", "gpu_data", "name")
+            "amp", "gpu_data", "name", "patient_column", "patient_regex")
     values = {k: getattr(args, k, None) for k in keys}
     for k in ("arch", "pretrained"):
         if hasattr(args, k):
@@ -145,10 +148,10 @@ def _config_from_args(args: argparse.Namespace, **fixed):
 
 def _train_one(cfg, args) -> Path:
     from . import distributed
-    from .data import open_source
+    from .data import source_of
     from .train import prepare_run, run_training
 
-    source = open_source(cfg.data, cfg.val_fraction, cfg.seed)  # bad data fails before a run exists
+    source = source_of(cfg)  # bad data fails before a run exists
     distributed.init(cfg.device)  # only under torchrun: then rank 0 makes the run folder
     run_dir = distributed.broadcast(prepare_run(cfg, args.runs_dir) if distributed.is_main() else None)
     if distributed.is_main():

@@ -57,6 +57,10 @@ class TrainConfig:
     tta: bool = False  # average the flips at final evaluation (val, test, temperature)
     val_fraction: float = 0.1
     seed: int = 0
+    # Which images belong to one patient, where the file names do not say it in a known way:
+    # a column of the labels CSV, or a regular expression whose first group is the patient.
+    patient_column: str = ""
+    patient_regex: str = ""
     device: str = "auto"
     num_workers: int = -1  # -1: pick from the device and the CPU count
     amp: bool = True  # bf16 autocast on CUDA

@@ -665,3 +665,11 @@ def _review(src: DataSource) -> None:
 
 def grade_name(grade: int) -> str:
     return GRADE_NAMES[int(grade)]
+
+
+def source_of(config) -> DataSource:
+    """The DataSource a run trained on, from its TrainConfig or config.json dict: the same
+    data, validation carve, seed and patient rule, so its splits are the same images."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    return open_source(get("data", "retinamnist") or "retinamnist", get("val_fraction", 0.1), get("seed", 0),
+                       patient_column=get("patient_column", "") or None, patient_regex=get("patient_regex", "") or None)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from . import distributed, gpu_data, ood, runs, stats, trust
 from .config import IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, TrainConfig
 from .errors import CheckpointError, Interrupted, TrainingFailed, refused_load
-from .data import DataSource, SplitDataset, check_images, open_source
+from .data import DataSource, SplitDataset, check_images, source_of
 from .metrics import classification_metrics, expected_calibration_error, fit_temperature, majority_baseline, nll, softmax
 from .models import build_model
 from .transforms import build_eval_transform, build_train_transform, tta_views
@@ -468,7 +468,7 @@ def prepare_device(cfg: TrainConfig, run_dir: Path) -> torch.device:
 
 def open_data(cfg: TrainConfig, device: torch.device, source: DataSource | None = None) -> tuple[DataSource, dict]:
     """The data source (image headers checked) and a loader per split."""
-    source = source or open_source(cfg.data, cfg.val_fraction, cfg.seed)
+    source = source or source_of(cfg)
     for name, split in source.splits.items():  # headers only: seconds for 35k files
         if split.paths is not None:
             check_images(split.paths, f"the {name} split of {source.name}")

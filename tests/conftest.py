@@ -71,7 +71,15 @@ def write_lab_folder(root: Path, n_train: int = 40, n_test: int = 12, subdir: st
         for i in range(n):
             name = f"{offset + i // 2}_{'left' if i % 2 == 0 else 'right'}"
             grade = i % 5
-            fundus_image(48, seed=offset + i, grade=grade).save(root / subdir / f"{name}{suffix}")
+            img = fundus_image(48, seed=offset + i, grade=grade)
+            # Vessels where this eye has them: no two pictures of the folder are copies of each other
+            # (validate --deep reports copies across splits as leakage).
+            rng = np.random.default_rng(offset + i)
+            draw = ImageDraw.Draw(img)
+            for _ in range(3):
+                x0, y0, x1, y1 = (int(v) for v in rng.integers(10, 38, 4))
+                draw.line((x0, y0, x1, y1), fill=(120, 30, 20), width=2)
+            img.save(root / subdir / f"{name}{suffix}")
             names.append(name)
             labels.append(str(grade))
         (root / f"{split}_img.csv").write_text("\n".join(names) + "\n")

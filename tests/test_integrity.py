@@ -280,3 +280,29 @@ def test_overview_lists_every_problem_and_the_patients_found(tmp_path, runs_dir)
     captions = " ".join(c.value for c in at.caption)
     assert "patients: 15 found, 10 with two or more images" in captions
     assert "c00_Patient000_L -> patient 0" in captions
+
+
+def test_a_run_keeps_its_patient_column_from_training_to_every_page(tmp_path, runs_dir):
+    """The patient rule is part of the run's config: training, Results and the export reopen
+    the same splits from it."""
+    from retino_core import runs
+    from retino_core.config import make_config
+    from retino_core.data import source_of
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = ["image,level,patient_id"]
+    for i in range(40):
+        noise_image(i, 24).save(folder / f"img{i:03d}.png")
+        rows.append(f"img{i:03d},{i % 5},P{i % 10}")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    assert main(["train", "--data", str(csv), "--patient-column", "patient_id", "--image-size", "32",
+                 "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "1", "--quiet"]) == 0
+    (run,) = runs.list_runs(runs_dir)
+    assert run.config["patient_column"] == "patient_id"
+    again = source_of(run.config)
+    sides = [set(s.patient_ids()) for s in again.splits.values()]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    by_name = source_of(make_config("cpu", data=str(csv)))  # without the column: one image, one patient
+    assert [s.names for s in by_name.splits.values()] != [s.names for s in again.splits.values()]
