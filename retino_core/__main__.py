@@ -76,7 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --out: keep its rows, grade only the files it lacks")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: one core less than there are)")
+    p.add_argument("--workers", type=int, help="decoding processes; the model gets the other cores "
+                                               "(default: one core less than there are, at most 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path)
 

@@ -214,16 +214,24 @@ def default_workers() -> int:
 def grade(predictor: Predictor, items: Sequence[tuple[str, str]], tta: bool | None = None, batch_size: int = BATCH_SIZE,
           workers: int | None = None) -> Iterator[Graded]:
     """Grade ``items`` (from expand_inputs) in order, ``batch_size`` photos per forward pass,
-    decoded in ``workers`` DataLoader processes while the model runs."""
+    decoded in ``workers`` DataLoader processes while the model runs on the other cores."""
     workers = default_workers() if workers is None else workers
     if len(items) <= batch_size:
         workers = 0  # starting a process costs more than decoding one batch
     loader = DataLoader(_Files(items), batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
-    for batch in loader:
-        ok = [(path, Image.fromarray(pixels.numpy())) for path, pixels, _ in batch if pixels is not None]
-        graded = dict(_predict(predictor, ok, tta))
-        for path, _, error in batch:
-            yield graded.get(path) or Graded(path, error=error)
+    threads = torch.get_num_threads()
+    if workers:
+        # Decoders plus model threads no more than the cores: an OpenMP thread that waits for a
+        # core a decoder holds stalls every layer (on 2 busy cores, 2 threads ran 4x slower than 1).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    try:
+        for batch in loader:
+            ok = [(path, Image.fromarray(pixels.numpy())) for path, pixels, _ in batch if pixels is not None]
+            graded = dict(_predict(predictor, ok, tta))
+            for path, _, error in batch:
+                yield graded.get(path) or Graded(path, error=error)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple[str, Graded]]:

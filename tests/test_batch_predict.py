@@ -167,3 +167,23 @@ def test_a_batch_that_fails_is_graded_one_by_one(finished_run, photo_folder) -> 
     errors = {d.file: d.error for d in done if d.prediction is None}
     assert "could not be graded (RuntimeError: this batch cannot be stacked)" in errors[str(root / "clinic" / "strip.png")]
     assert sum(d.prediction is not None for d in done) == 2  # c.png and d.tiff still graded
+
+
+def test_decoders_and_model_threads_share_the_cores(finished_run, photo_folder) -> None:
+    import os
+
+    import torch
+
+    root, _ = photo_folder
+    items = batch.expand_inputs([root])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen = {torch.get_num_threads() for _ in batch.grade(Predictor.from_run(finished_run), items, batch_size=2,
+                                                            workers=1)}
+        assert seen == {max(1, os.cpu_count() - 1)}  # one core decodes, the model has the rest
+        assert torch.get_num_threads() == 3  # given back afterwards
+        assert {torch.get_num_threads() for _ in batch.grade(Predictor.from_run(finished_run), items[:2],
+                                                             batch_size=2, workers=1)} == {3}  # no decoder: all
+    finally:
+        torch.set_num_threads(before)
