@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from retino_core import launch, runs
 from retino_core.config import make_config
 
@@ -57,8 +59,16 @@ def test_stop_then_resume(tiny_npz, runs_dir):
 def test_stop_a_queued_run_cancels_it(tiny_npz, runs_dir):
     cfg = make_config("cpu", data=str(tiny_npz), image_size=32, batch_size=8, epochs=1)
     run, _ = launch.enqueue(cfg.to_dict(), start_worker=False)
-    assert launch.stop(run.name) == "interrupted"
+    assert launch.stop(run.name) == "cancelled"
     assert launch.worker(runs_dir) == 0
+    info = runs.load_run(run)
+    assert not launch.can_resume(info) and launch.can_start_again(info)
+    with pytest.raises(runs.RunError, match="only interrupted or failed runs resume"):
+        launch.resume(run.name, start_worker=False)
+    launch.start_again(run.name, start_worker=False)
+    assert runs.read_status(run)["state"] == "queued" and runs.read_metrics(run) == []
+    with pytest.raises(runs.RunError, match="is queued"):
+        launch.start_again(run.name, start_worker=False)
 
 
 def test_ensure_worker_restarts_a_queue_nothing_drains(tiny_npz, runs_dir, monkeypatch):
