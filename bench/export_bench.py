@@ -7,7 +7,8 @@ Batch grading = a folder of JPEG photos in, one result row per photo out, timed 
 ``batch.grade`` (DataLoader workers decode while the model runs; the ``predict --out`` path)
 against the exported model driven by the generated ``predict_onnx.py`` (its own ``grade_files``:
 decode, check, resize, one ``session.run`` a batch). Single photo = a decoded photo to its
-probabilities and checks: ``Predictor.predict`` against ``prepare`` + ``session.run``.
+probabilities and checks: ``Predictor.predict`` against ``prepare`` + ``session.run``, in
+seconds and in CPU seconds of the process (all its threads: what the photo costs, whatever the load).
 At 64 px the graph averages the four flips (the ``cpu`` preset's TTA), at 512 px it does not
 (the ``lab`` and ``fast`` presets). Weights are random; speed does not depend on them. Every
 number is the median over ``--rounds`` rounds, each taken in turns across the variants, with the
@@ -41,6 +42,7 @@ from retino_core.models import build_model  # noqa: E402
 from retino_core.predict import Predictor  # noqa: E402
 
 FEATURES = {"resnet18": 512, "resnet50": 2048}
+WARMUP = 2
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 512])
     p.add_argument("--photos", type=int, default=48, help="photos in the graded folder")
     p.add_argument("--photo-size", type=int, default=768, help="side of the JPEG photos")
-    p.add_argument("--batch-size", type=int, default=batch.BATCH_SIZE)
+    p.add_argument("--batch-size", type=int, help="photos a batch, both ways (default: predict's for the size)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10, help="single-photo calls per round")
     p.add_argument("--out", type=Path, help="write export.json and export.md into this folder")
@@ -108,12 +110,14 @@ def measure(arch: str, size: int, items: list, args) -> dict:
         export_s = time.perf_counter() - t
         script, pre, session = load_script(folder)
 
+        size_of_batch = args.batch_size or batch.default_batch_size(size)
+
         def grade_eager() -> None:
-            assert sum(1 for _ in batch.grade(predictor, items, batch_size=args.batch_size)) == len(items)
+            assert sum(1 for _ in batch.grade(predictor, items, batch_size=size_of_batch)) == len(items)
 
         def grade_onnx() -> None:
-            for start in range(0, len(items), args.batch_size):
-                rows = script.grade_files(session, pre, items[start:start + args.batch_size])
+            for start in range(0, len(items), size_of_batch):
+                rows = script.grade_files(session, pre, items[start:start + size_of_batch])
                 assert not any(row["error"] for row in rows)
 
         img = load_image(items[0][0])
@@ -122,7 +126,17 @@ def measure(arch: str, size: int, items: list, args) -> dict:
             out = dict(zip(pre["outputs"], session.run(None, {export.INPUT: export.prepare(img, size)[None]})))
             script.check(img, float(out["ood_score"][0]), pre)
 
-        single = {"eager": lambda: predictor.predict([img]), "onnxruntime": one_onnx}
+        cpu: dict[str, list[float]] = {"eager": [], "onnxruntime": []}
+
+        def cpu_timed(name: str, fn):  # the process's CPU seconds too: every thread, the load aside
+            def run() -> None:
+                start = time.process_time()
+                fn()
+                cpu[name].append(time.process_time() - start)
+            return run
+
+        single = {"eager": cpu_timed("eager", lambda: predictor.predict([img])),
+                  "onnxruntime": cpu_timed("onnxruntime", one_onnx)}
         rounds = {"eager": [], "onnxruntime": []}
         latency = {"eager": [], "onnxruntime": []}
         loads = []
@@ -133,26 +147,31 @@ def measure(arch: str, size: int, items: list, args) -> dict:
                 t = time.perf_counter()
                 fn()
                 rounds[name].append(len(items) / (time.perf_counter() - t))
-            for name, ms in timed_round_robin(single, args.repeats, 2).items():
+            for name, ms in timed_round_robin(single, args.repeats, WARMUP).items():
                 latency[name].append(summary(ms)["median_ms"])
-    return {"arch": arch, "size": size, "tta": predictor.tta, "export_s": export_s, "load_1min": loads,
+                cpu[name][-args.repeats - WARMUP:-args.repeats] = []  # the warm-up calls
+    return {"arch": arch, "size": size, "tta": predictor.tta, "batch_size": size_of_batch, "export_s": export_s,
+            "load_1min": loads, "workers": batch.default_workers(),
             "images_per_s": rounds, "single_ms": latency,
-            "median": {k: {"images_per_s": statistics.median(rounds[k]), "single_ms": statistics.median(latency[k])}
-                       for k in rounds}}
+            "single_cpu_s": cpu,
+            "median": {k: {"images_per_s": statistics.median(rounds[k]), "single_ms": statistics.median(latency[k]),
+                           "single_cpu_s": statistics.median(cpu[k])} for k in rounds}}
 
 
 def markdown(results: list[dict], args) -> str:
     lines = [f"Torch {torch.__version__.split('+')[0]} ({torch.get_num_threads()} threads), onnxruntime "
-             f"{__import__('onnxruntime').__version__}; {args.photos} JPEG photos of {args.photo_size} px, batches of "
-             f"{args.batch_size}; median of {args.rounds} rounds.", "",
-             "| model | input | flip TTA | batch grading, eager (img/s) | batch grading, onnxruntime (img/s) | "
-             "one photo, eager (s) | one photo, onnxruntime (s) | load (1 min) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{__import__('onnxruntime').__version__}; {args.photos} JPEG photos of {args.photo_size} px; "
+             f"{results[0]['workers'] if results else 0} decode workers (predict's default here); median of "
+             f"{args.rounds} rounds.", "",
+             "| model | input | flip TTA | batch | batch grading, eager (img/s) | batch grading, onnxruntime (img/s) | "
+             "one photo, eager (s; CPU s) | one photo, onnxruntime (s; CPU s) | load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["median"]
-        lines.append(f"| {r['arch']} | {r['size']} px | {'on' if r['tta'] else 'off'} | "
+        lines.append(f"| {r['arch']} | {r['size']} px | {'on' if r['tta'] else 'off'} | {r['batch_size']} | "
                      f"{m['eager']['images_per_s']:.1f} | {m['onnxruntime']['images_per_s']:.1f} | "
-                     f"{m['eager']['single_ms'] / 1000:.3f} | {m['onnxruntime']['single_ms'] / 1000:.3f} | "
+                     f"{m['eager']['single_ms'] / 1000:.3f}; {m['eager']['single_cpu_s']:.3f} | "
+                     f"{m['onnxruntime']['single_ms'] / 1000:.3f}; {m['onnxruntime']['single_cpu_s']:.3f} | "
                      f"{', '.join(f'{x:.1f}' for x in r['load_1min'])} |")
     return "\n".join(lines) + "\n"
 

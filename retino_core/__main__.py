@@ -75,9 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     shown.add_argument("--out", type=Path, help="write a CSV, one row per file, as it goes (a progress bar on stderr)")
     p.add_argument("--resume", action="store_true", help="with --out: keep its rows, grade only the files it lacks")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
-    p.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
+    p.add_argument("--batch-size", type=int, help="photos per forward pass (default 16, fewer from 256 px up)")
     p.add_argument("--workers", type=int, help="decoding processes; the model gets the other cores "
-                                               "(default: one core less than there are, at most 4)")
+                                               "(default: a quarter of the cores, at most 4; none on 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path)
 

@@ -207,15 +207,25 @@ def _as_list(batch: list) -> list:
 
 
 def default_workers() -> int:
-    """Decoding processes: one core is left to the model's own threads."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    """Decoding processes: a quarter of the cores, at most 4, none on 2 cores. There the
+    model's two threads keep both busy and a decoder only takes one from them (idle cores:
+    ResNet50 at 512 px 4.2 photos/s without one, 2.4 with; bench/results/export.md)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 4)
 
 
-def grade(predictor: Predictor, items: Sequence[tuple[str, str]], tta: bool | None = None, batch_size: int = BATCH_SIZE,
-          workers: int | None = None) -> Iterator[Graded]:
+def default_batch_size(image_size: int) -> int:
+    """Photos per forward pass: 16, fewer from 256 px up, where a batch's activations leave the
+    cache (ResNet50 at 512 px: about 5 photos/s in fours, 4 in sixteens)."""
+    return max(1, min(BATCH_SIZE, 2**20 // (image_size * image_size)))
+
+
+def grade(predictor: Predictor, items: Sequence[tuple[str, str]], tta: bool | None = None,
+          batch_size: int | None = None, workers: int | None = None) -> Iterator[Graded]:
     """Grade ``items`` (from expand_inputs) in order, ``batch_size`` photos per forward pass,
     decoded in ``workers`` DataLoader processes while the model runs on the other cores."""
     workers = default_workers() if workers is None else workers
+    batch_size = batch_size or default_batch_size(predictor.image_size)
     if len(items) <= batch_size:
         workers = 0  # starting a process costs more than decoding one batch
     loader = DataLoader(_Files(items), batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
@@ -254,7 +264,7 @@ def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple
 
 def grade_to_csv(predictor: Predictor, items: Sequence[tuple[str, str]], out: ResultsCsv,
                  threshold: float | None = None, verdict: str = "", tta: bool | None = None,
-                 batch_size: int = BATCH_SIZE, workers: int | None = None, progress: bool = True) -> dict:
+                 batch_size: int | None = None, workers: int | None = None, progress: bool = True) -> dict:
     """Grade the ``items`` that ``out`` has no row for, a row each, written a batch at a time
     under a progress bar; returns the counts (graded, failed, out_of_distribution, skipped)."""
     todo = [item for item in items if not out.is_done(item[0])]
@@ -268,7 +278,7 @@ def grade_to_csv(predictor: Predictor, items: Sequence[tuple[str, str]], out: Re
             else:
                 counts["graded"] += 1
                 counts["out_of_distribution"] += rows[-1]["in_distribution"] is False
-            if len(rows) >= batch_size:
+            if len(rows) >= (batch_size or BATCH_SIZE):
                 out.write(rows)
                 rows = []
             bar.update()

@@ -369,4 +369,4 @@ def test_export_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "export.json").read_text())
     assert [(r["arch"], r["size"], r["tta"]) for r in results] == [("resnet18", 32, True)]
     assert all(v["images_per_s"] > 0 and v["single_ms"] > 0 for v in results[0]["median"].values())
-    assert "| resnet18 | 32 px | on |" in (tmp_path / "export.md").read_text()
+    assert "| resnet18 | 32 px | on | 2 |" in (tmp_path / "export.md").read_text()
