@@ -29,7 +29,7 @@ from torch import nn
 
 from . import batch, data, modelcard, ood, predict, runs, transforms, trust
 from .config import GRADE_NAMES
-from .data import DataError, ImageError, open_source
+from .data import DataError, ImageError, source_of
 from .metrics import REFERABLE_GRADE
 from .models import build_model
 from .predict import Predictor
@@ -153,8 +153,7 @@ def prepare(img: Image.Image, size: int, crop: str = "none") -> np.ndarray:
 def _verification_images(config: dict, size: int, n: int) -> tuple[list[Image.Image], str]:
     """The first ``n`` test images of the run's data (all for n <= 0), else random pictures."""
     try:
-        split = open_source(config.get("data", "retinamnist"), config.get("val_fraction", 0.1),
-                            config.get("seed", 0)).splits["test"]
+        split = source_of(config).splits["test"]
         count = len(split) if n <= 0 else min(n, len(split))
         return [split.image(i) for i in range(count)], "test-split"
     except (DataError, ImageError, KeyError) as err:

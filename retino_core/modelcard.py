@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import evaluation, metrics, runs, trust, viz
 from .config import GRADE_NAMES
-from .data import DataError, open_source, patient_of
+from .data import DataError, source_of
+from .integrity import straddling
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
 # The Evaluation page starts from the threshold that reaches this sensitivity on validation.
@@ -111,14 +112,19 @@ def _patients(config: dict) -> str:
         return ("MedMNIST's official split. The release carries no patient identifiers, so whether photos of one "
                 "patient sit on both sides of the split cannot be checked.")
     try:
-        source = open_source(spec, config.get("val_fraction", 0.1), config.get("seed", 0))
+        source = source_of(config)  # the run's own splits and patient rule
     except DataError as err:
         return f"Not counted: the data set cannot be opened here ({err})."
-    counts = ", ".join(f"{_SPLITS.get(name, name)} {len({patient_of(n) for n in split.names}):,}"
-                       for name, split in source.splits.items())
-    notes = " ".join(f"Note: {n}." for n in source.notes)
-    return (f"Patients per split: {counts}. Where retino carved a split, both eyes of a patient stay on one side. "
-            + notes).strip()
+    if (source.report.info.get("patients") or {}).get("by_image"):
+        return "No patient id was recognised in the image names, so the splits were made by image."
+    ids = {name: split.patient_ids() for name, split in source.splits.items()}
+    counts = ", ".join(f"{_SPLITS.get(name, name)} {len(set(v)):,}" for name, v in ids.items())
+    both = straddling(ids)
+    if not both:
+        return f"Patients per split: {counts}; no patient has photos on two sides."
+    return (f"Patients per split: {counts}. Photos of one patient on two sides: " + "; ".join(
+        f"{len(v):,} between {' and '.join(_SPLITS.get(k, k) for k in pair.split('/'))}" for pair, v in both.items())
+        + " (the data set's own split; where retino carves one, a patient stays on one side).")
 
 
 def _split_text(config: dict, summary: dict) -> str:

@@ -18,7 +18,7 @@ import torch
 from conftest import fundus_image, jpeg_bytes
 from retino_core import batch, evaluation, export, metrics, modelcard, ood, runs, viz
 from retino_core.__main__ import main
-from retino_core.data import open_source
+from retino_core.data import source_of
 from retino_core.models import build_model
 from retino_core.predict import Predictor
 from retino_core.train import save_checkpoint
@@ -32,8 +32,7 @@ def copy_run(run: Path, into: Path) -> Path:
 
 
 def split_images(run_dir: Path):
-    config = runs.read_json(run_dir / "config.json")
-    split = open_source(config["data"], config["val_fraction"], config["seed"]).splits["test"]
+    split = source_of(runs.read_json(run_dir / "config.json")).splits["test"]
     return [split.image(i) for i in range(len(split))]
 
 
