@@ -73,7 +73,7 @@ calibrated = st.toggle("Calibrated probabilities", value=True,
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
-target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, 0.90, 0.01)
+target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, evaluation.TARGET_SENSITIVITY, 0.01)
 suggested = evaluation.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
     # A new run, calibration or target starts from the threshold chosen on validation.

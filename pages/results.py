@@ -117,27 +117,34 @@ true_grade = c[0].selectbox("True grade", range(len(GRADE_NAMES)), key="cell_tru
                             format_func=lambda g: f"{g} {GRADE_NAMES[g]}")
 pred_grade = c[1].selectbox("Predicted grade", range(len(GRADE_NAMES)), key="cell_pred",
                             format_func=lambda g: f"{g} {GRADE_NAMES[g]}")
-preds = runs.read_predictions(run.path)
-if preds is None:
-    st.info("This run has no predictions.csv, so its images cannot be listed.")
-    st.stop()
-cell = preds[(preds["split"] == split) & (preds["label"] == true_grade) & (preds["pred"] == pred_grade)]
-if cell.empty:
-    st.info(f"No {split} image is true {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}. "
-            "Click another square.")
-    st.stop()
-try:
-    source = load_source(*(run.config.get(k, d) for k, d in (("data", "retinamnist"), ("val_fraction", 0.1),
-                                                             ("seed", 0), ("patient_column", ""),
-                                                             ("patient_regex", ""))))
-    images = [viz.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
-except (DataError, ImageError, KeyError, IndexError) as err:
-    st.warning(f"The images of this run's dataset cannot be shown: {err}")
-    st.stop()
-st.caption(f"True {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}: {len(cell)} {split} image(s), "
-           f"showing {len(images)}. Under each: its name and P({GRADE_NAMES[pred_grade]}).")
-st.image(images, width=112, caption=[f"{row['name']} · {row[f'p{pred_grade}']:.0%}"
-                                     for _, row in cell.head(GALLERY_SIZE).iterrows()])
+
+
+def gallery() -> None:
+    """The images of the picked cell; returns early (not st.stop) so the page goes on below."""
+    preds = runs.read_predictions(run.path)
+    if preds is None:
+        st.info("This run has no predictions.csv, so its images cannot be listed.")
+        return
+    cell = preds[(preds["split"] == split) & (preds["label"] == true_grade) & (preds["pred"] == pred_grade)]
+    if cell.empty:
+        st.info(f"No {split} image is true {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}. "
+                "Click another square.")
+        return
+    try:
+        source = load_source(*(run.config.get(k, d) for k, d in (("data", "retinamnist"), ("val_fraction", 0.1),
+                                                                 ("seed", 0), ("patient_column", ""),
+                                                                 ("patient_regex", ""))))
+        images = [viz.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
+    except (DataError, ImageError, KeyError, IndexError) as err:
+        st.warning(f"The images of this run's dataset cannot be shown: {err}")
+        return
+    st.caption(f"True {GRADE_NAMES[true_grade]}, predicted {GRADE_NAMES[pred_grade]}: {len(cell)} {split} image(s), "
+               f"showing {len(images)}. Under each: its name and P({GRADE_NAMES[pred_grade]}).")
+    st.image(images, width=112, caption=[f"{row['name']} · {row[f'p{pred_grade}']:.0%}"
+                                         for _, row in cell.head(GALLERY_SIZE).iterrows()])
+
+
+gallery()
 
 # ---------------------------------------------------------------- take the grader out
 st.subheader("Take this grader out")

@@ -17,6 +17,10 @@ from . import metrics, runs
 from .config import NUM_CLASSES
 
 
+# The referable-DR operating point starts at this sensitivity, its threshold chosen on validation
+# (the Evaluation page, the model card and the export use it).
+TARGET_SENSITIVITY = 0.90
+
 @dataclass(frozen=True)
 class ReferencePoint:
     """A published screening system's operating point for referable DR (for orientation only)."""

@@ -21,7 +21,6 @@ from .integrity import straddling
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
 # The Evaluation page starts from the threshold that reaches this sensitivity on validation.
-REFERABLE_TARGET = 0.90
 # Under this many pixels a side, the lesions of mild and proliferative DR are gone (README, Results).
 FINE_DETAIL_PX = 256
 CI_METRICS = (("acc", "accuracy"), ("auc", "macro AUC (one grade vs the rest)"), ("qwk", "quadratic weighted kappa"),
@@ -39,7 +38,7 @@ def load_scores(run_dir: Path) -> dict:
         return {}
 
 
-def referable_point(run_dir: Path, temperature: float, target: float = REFERABLE_TARGET) -> dict | None:
+def referable_point(run_dir: Path, temperature: float, target: float = evaluation.TARGET_SENSITIVITY) -> dict | None:
     """'Refer when P(grade ≥ 2) ≥ threshold', the threshold chosen on validation as the
     Evaluation page does (the highest that reaches ``target`` sensitivity, calibrated
     probabilities), with sensitivity and specificity (95 % Wilson intervals), PPV and NPV on

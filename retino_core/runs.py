@@ -11,6 +11,9 @@ Layout::
         metrics.jsonl    append-only rows: {"kind": "step" | "epoch", ...}
         summary.json     final test metrics of the checkpoint chosen on validation
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
+        predictions.csv  per validation and test image: label, prediction, probabilities, logits
+        model_card.md, model_card.html   written by ``export`` (and the Results page's card)
+        export/<format>/ an exported grader (``python -m retino_core export``)
         checkpoints/best.pt, checkpoints/last.pt
 """
 

@@ -193,10 +193,15 @@ def notice(trust: dict | None) -> tuple[str, str]:
     and its Markdown, the verdict first, then what it rests on and why."""
     if not trust:
         return "info", "**Not judged**: this run has no test results."
-    text = f"**{trust['verdict'].capitalize()}.** {trust.get('basis', '').capitalize()}."
+    text = f"**{_sentence_case(trust['verdict'])}.** {_sentence_case(trust.get('basis', ''))}."
     if trust["reasons"]:
         text += "\n\n" + "\n".join(f"- {r}" for r in trust["reasons"])
     return NOTICE_KINDS.get(trust["verdict"], "info"), text
+
+
+def _sentence_case(text: str) -> str:
+    """The first letter up, the rest as written (str.capitalize would lower 'AUC' and 'QWK')."""
+    return text[:1].upper() + text[1:]
 
 
 def label(trust: dict | None) -> str:

@@ -460,3 +460,12 @@ def test_compare_and_report_say_why_a_configuration_failed(runs_dir: Path) -> No
     md = zipfile.ZipFile(io.BytesIO(report.build_report(report.pick_four(all_runs, done_only=True), "retinamnist",
                                                         all_runs=all_runs))).read("report.md").decode()
     assert "resnet50 / pretrained (failed: WeightsError" in md and "Not trained yet" not in md
+
+
+def test_results_of_a_model_without_mistakes_still_offers_the_card_and_export(good_run: Path) -> None:
+    """The default cell of a perfect model's matrix is empty: the page goes on past the gallery."""
+    at = open_page("results")
+    assert "Click another square" in at.info[0].value
+    assert "Take this grader out" in [h.value for h in at.subheader]
+    assert at.success[0].value.startswith("**Usable.** Test accuracy")  # 'AUC' and 'QWK' keep their case
+    assert "macro AUC" in at.success[0].value
