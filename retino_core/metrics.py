@@ -15,12 +15,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from .config import NUM_CLASSES
-
-REFERABLE_GRADE = 2  # grade >= 2 (moderate or worse) is referable DR in screening
-COLLAPSE_SHARE = 0.95
-# The range fit_temperature searches; a fit at either end means calibration failed.
-TEMPERATURE_RANGE = (0.05, 20.0)
+from .config import COLLAPSE_SHARE, NUM_CLASSES, REFERABLE_GRADE, TEMPERATURE_RANGE  # noqa: F401 - re-exported
 
 
 def _nan_to_none(x: float) -> float | None:

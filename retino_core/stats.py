@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .config import NUM_CLASSES
-from .metrics import REFERABLE_GRADE
+from .config import NUM_CLASSES, REFERABLE_GRADE
 
 N_BOOT = 1000
 LEVEL = 0.95

@@ -31,8 +31,7 @@ import math
 
 import numpy as np
 
-from .config import GRADE_NAMES
-from .metrics import COLLAPSE_SHARE, TEMPERATURE_RANGE
+from .config import COLLAPSE_SHARE, GRADE_NAMES, TEMPERATURE_RANGE
 
 USABLE, WEAK, GUESSING = "usable", "weak", "no better than guessing"
 VERDICTS = (USABLE, WEAK, GUESSING)

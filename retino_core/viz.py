@@ -151,6 +151,20 @@ def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> P
 SPLIT_SYMBOL = {"train": "circle", "val": "diamond", "test": "square"}  # told apart without colour
 
 
+# A run of hours writes thousands of step rows; a chart shows at most this many per run (the
+# browser draws and the server sends less; the last row is always kept).
+MAX_STEP_POINTS = 600
+
+
+def thin(rows: list, most: int) -> list:
+    """Every k-th row so that at most ``most`` remain, the last one included."""
+    if len(rows) <= most:
+        return rows
+    step = -(-len(rows) // most)
+    kept = rows[::step]
+    return kept if kept[-1] is rows[-1] else kept + [rows[-1]]
+
+
 def smooth(values: list[float], weight: float) -> list[float]:
     """TensorBoard's smoothing: an exponential moving average, debiased at the start."""
     out, last = [], 0.0
@@ -169,6 +183,7 @@ def loss_figure(steps: dict[str, list[dict]], epochs: dict[str, list[dict]] | No
     fig = go.Figure()
     for i, (label, rows) in enumerate(steps.items()):
         colour = PALETTE[i % len(PALETTE)]
+        rows = thin(rows, MAX_STEP_POINTS)
         x = [int(r["epoch"]) - 1 + int(r["step"]) / max(int(r["steps"]), 1) for r in rows]
         y = [r.get("train_loss") for r in rows]
         if smoothing > 0:

@@ -52,3 +52,10 @@ def test_parallel_coordinates_leaves_out_settings_that_never_vary():
     labels = [d.label for d in fig.data[0].dimensions]
     assert labels == ["arch", "lr", "pretrained", "test_qwk"]
     assert list(fig.data[0].dimensions[0].ticktext) == ["resnet18", "resnet50"]
+
+
+def test_a_long_run_is_thinned_to_a_few_hundred_points_keeping_the_last():
+    rows = step_rows([1.0 / (k + 1) for k in range(5000)])
+    fig = viz.loss_figure({"run": rows})
+    assert len(fig.data[0].y) <= viz.MAX_STEP_POINTS + 1 and fig.data[0].y[-1] == rows[-1]["train_loss"]
+    assert viz.thin(rows[:10], 600) == rows[:10]
