@@ -114,7 +114,7 @@ def _ema_follow_share(ema_fn) -> float:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         ema.update_parameters(model)
-    moved = sum(float((p - s).norm()) for p, s in zip(model.parameters(), start))
+    moved = sum(float((p.detach() - s).norm()) for p, s in zip(model.parameters(), start))
     followed = sum(float((p - s).norm()) for p, s in zip(ema.module.parameters(), start))
     return followed / moved
 
