@@ -115,7 +115,7 @@ def _ema_follow_share(ema_fn) -> float:
         opt.step()
         ema.update_parameters(model)
     moved = sum(float((p.detach() - s).norm()) for p, s in zip(model.parameters(), start))
-    followed = sum(float((p - s).norm()) for p, s in zip(ema.module.parameters(), start))
+    followed = sum(float((p.detach() - s).norm()) for p, s in zip(ema.module.parameters(), start))
     return followed / moved
 
 
