@@ -72,7 +72,9 @@ if start or four:
         configs = (report.four_configs(preset, seeds=int(n_seeds), **settings) if four
                    else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
         first = configs[0]  # the dataset fails here, with every problem listed, not in the queue
-        load_source(first.data, first.val_fraction, first.seed, first.patient_column, first.patient_regex)
+        checked = load_source(first.data, first.val_fraction, first.seed, first.patient_column, first.patient_regex)
+        if checked.report.warnings:  # they do not stop a run, but are said before it is queued
+            st.warning(f"The dataset has {len(checked.report.warnings)} warning(s): {checked.report.markdown()}")
         if settings["weights"] and not Path(settings["weights"]).expanduser().is_file():
             raise ConfigError(f"weights file {settings['weights']} not found")
         # Runs that need ImageNet weights nobody can fetch would fail minutes later in the queue.

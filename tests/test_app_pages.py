@@ -469,3 +469,12 @@ def test_results_of_a_model_without_mistakes_still_offers_the_card_and_export(go
     assert "Take this grader out" in [h.value for h in at.subheader]
     assert at.success[0].value.startswith("**Usable.** Test accuracy")  # 'AUC' and 'QWK' keep their case
     assert "macro AUC" in at.success[0].value
+
+
+def test_train_says_the_datasets_warnings_before_queueing(runs_dir: Path, lab_folder: Path, no_worker: list) -> None:
+    at = open_page("train")
+    at.text_input[0].set_value(str(lab_folder))  # 12 test images: every grade has fewer than 5
+    next(b for b in at.button if b.label == "Start").click().run()
+    assert not at.exception and not at.error
+    assert "warning(s)" in at.warning[0].value and "fewer than 5" in at.warning[0].value
+    assert len(runs.list_runs(runs_dir)) == 1  # warnings do not stop the run
