@@ -104,16 +104,10 @@ class Predictor:
         data = f"{count}{t.get('name', 'its training')}{photos}" if t else "its training photos"
         return f"learned from {data}, shown at {self.image_size}×{self.image_size} px"
 
-    @torch.inference_mode()
     def run(self, images: Sequence[Image.Image], tta: bool | None = None,
             calibrated: bool = True) -> tuple[np.ndarray, list[ImageCheck]]:
         """Probabilities (N, 5) and, per image, its field-of-view and feature checks with warnings."""
-        x = self.batch(images)
-        views = tta_views(x) if (self.tta if tta is None else tta) else [x]
-        with self._forward_lock:
-            self._tap.take()
-            logits = torch.stack([self.model(v) for v in views]).mean(0).float().numpy()
-            features = self._tap.take()
+        logits, features = self._forward(images, tta)
         probs = softmax(logits, self.temperature if calibrated else 1.0)
         scores = ood.scores(features.numpy(), self.ood_stats) if self.ood_stats is not None else None
         return probs, [self._check(img, None if scores is None else float(scores[k]))
@@ -141,15 +135,19 @@ class Predictor:
                 f"{self.domain()}, so detail finer than about {max(w, h) // self.image_size} px here is lost to it.")
         return check
 
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[Image.Image], tta: bool | None) -> tuple[np.ndarray, torch.Tensor]:
+        """Logits (N, 5), averaged over the views, and the unflipped view's penultimate features."""
+        x = self.batch(images)
+        views = tta_views(x) if (self.tta if tta is None else tta) else [x]
+        with self._forward_lock:
+            self._tap.take()  # nothing left over from a Grad-CAM
+            logits = torch.stack([self.model(v) for v in views]).mean(0).float().numpy()
+            return logits, self._tap.take()
+
     def logits(self, images: Sequence[Image.Image], tta: bool | None = None) -> np.ndarray:
         """Logits (N, 5); ``tta=None`` follows the run (``self.tta``)."""
-        with torch.inference_mode():
-            x = self.batch(images)
-            views = tta_views(x) if (self.tta if tta is None else tta) else [x]
-            with self._forward_lock:
-                out = torch.stack([self.model(v) for v in views]).mean(0).float().numpy()
-                self._tap.take()
-            return out
+        return self._forward(images, tta)[0]
 
     def probabilities(self, images: Sequence[Image.Image], tta: bool | None = None,
                       calibrated: bool = True) -> np.ndarray:
