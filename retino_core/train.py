@@ -552,12 +552,14 @@ def run_epochs(cfg: TrainConfig, t: Training, loaders: dict, device: torch.devic
         if improved:
             t.best_score, t.best_epoch = score, epoch
             save_checkpoint(_checkpoint(t.eval_model, cfg, epoch, {"selected_on": select_split}), ckdir / "best.pt")
+        # The epoch's row before its last.pt: a checkpoint never claims an epoch the metrics lack
+        # (a trainer stopped between the two resumes from the previous epoch and drops this row).
+        rec.row("epoch", epoch=epoch, best=improved, elapsed=time.monotonic() - t_start, **row)
         extra = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                  "best_score": t.best_score, "best_epoch": t.best_epoch}
         if t.ema is not None:
             extra["ema"] = t.ema.state_dict()
         save_checkpoint(_checkpoint(t.model, cfg, epoch, extra), ckdir / "last.pt")
-        rec.row("epoch", epoch=epoch, best=improved, elapsed=time.monotonic() - t_start, **row)
         rec.progress.update(epoch=epoch, best_epoch=t.best_epoch,
                             **{k: row.get(k) for k in ("val_acc", "test_acc", "val_qwk", "test_qwk")})
         rec.close_bar()
