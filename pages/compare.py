@@ -33,6 +33,7 @@ left, right = st.columns([2, 3])
 data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
                       format_func=viz.data_label, help="only runs trained on the same data are compared")
 four = report.pick_four(all_runs, data, done_only=True)
+pending = report.not_done(all_runs, data)  # what the configurations without a finished run are doing
 with right.expander("Runs compared (newest finished of each configuration)"):
     for name in report.CONFIGURATIONS:
         options = [r for r in all_runs if r.state == "done" and r.configuration == name and report.same_data(r, data)]
@@ -41,7 +42,7 @@ with right.expander("Runs compared (newest finished of each configuration)"):
             picked = st.selectbox(name, ids, key=f"compare-{name}")
             four[name] = options[ids.index(picked)]
         else:
-            st.caption(f"{name}: {report.not_done(all_runs, data).get(name, 'not trained on this dataset')}")
+            st.caption(f"{name}: {pending.get(name, 'not trained on this dataset')}")
 
 frame = report.comparison_frame(four, all_runs, data)
 trained = frame["test_acc"].notna().sum()

@@ -52,15 +52,21 @@ def _radius(side: int) -> np.ndarray:
     return np.sqrt(c[None, :] ** 2 + c[:, None] ** 2)
 
 
+def _corners_and_disc(img: Image.Image) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """A FOV_SIDE copy's brightness, its radius map, and the mean brightness outside the
+    inscribed ellipse (the corners) and inside its middle (the disc)."""
+    lum = _brightness(img, FOV_SIDE)
+    r = _radius(FOV_SIDE)
+    return lum, r, float(lum[r > 1.05].mean()), float(lum[r < 0.8].mean())
+
+
 def field_of_view(img: Image.Image) -> FieldOfView:
     """Whether ``img`` looks like a fundus photograph: a lit disc, dark corners, near square."""
     w, h = img.size
     aspect = max(w, h) / max(min(w, h), 1)
     if aspect > MAX_ASPECT:
         return FieldOfView(False, f"it is a {w}×{h} image ({aspect:.1f}:1); a fundus photograph is close to square")
-    lum = _brightness(img, FOV_SIDE)
-    r = _radius(FOV_SIDE)
-    outside, disc = float(lum[r > 1.05].mean()), float(lum[r < 0.8].mean())
+    lum, r, outside, disc = _corners_and_disc(img)
     lit = lum[r < 0.95] > outside + 0.5 * max(disc - outside, FOV_MIN_CONTRAST)
     coverage = float(lit.mean())
     found = FieldOfView(True, "", outside, disc, coverage)
@@ -79,9 +85,7 @@ def field_of_view_mask(img: Image.Image) -> np.ndarray:
     """Boolean (H, W) mask of the lit field of view, at the image's size (Grad-CAM is cut to it)."""
     w, h = img.size
     lum = np.asarray(img.convert("RGB"), dtype=np.float32).max(-1) / 255.0
-    small = _brightness(img, FOV_SIDE)
-    r = _radius(FOV_SIDE)
-    outside, disc = float(small[r > 1.05].mean()), float(small[r < 0.8].mean())
+    _, _, outside, disc = _corners_and_disc(img)
     threshold = outside + 0.25 * max(disc - outside, FOV_MIN_CONTRAST)
     mask = Image.fromarray(((lum > threshold) * 255).astype(np.uint8))
     # A median filter closes the dark vessels and lesions inside the disc; they are in view.
