@@ -161,10 +161,6 @@ def of_summary(summary: dict | None) -> dict | None:
     return assess(summary, "test") or assess(summary, "val")
 
 
-def is_usable(summary: dict | None) -> bool:
-    return is_usable_verdict(of_summary(summary))
-
-
 def lines(trust: dict | None) -> list[str]:
     """For a terminal: the reasons, then ``verdict: ... (basis)`` as the last line."""
     if not trust:
