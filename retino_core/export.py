@@ -184,7 +184,7 @@ def _carried() -> tuple:
     the retina crop, the field-of-view check, the resize, the file walk and the CSV."""
     return (data.ImageError, data._describe, data._to_rgb, data._decode, data.load_image,
             transforms.field_of_view_box, transforms.RetinaPreprocess, prepare,
-            ood.FieldOfView, ood._brightness, ood._radius, ood.field_of_view,
+            ood.FieldOfView, ood._brightness, ood._radius, ood._corners_and_disc, ood.field_of_view,
             batch.OutputError, batch.expand_inputs, batch.result_row, batch.ResultsCsv)
 
 
