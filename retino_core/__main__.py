@@ -28,7 +28,7 @@ def _add_train_args(p: argparse.ArgumentParser, with_arch: bool = True) -> None:
     for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--image-size", int),
                       ("--weight-decay", float), ("--label-smoothing", float), ("--warmup-epochs", float),
                       ("--ema", float), ("--val-fraction", float), ("--seed", int), ("--num-workers", int),
-                      ("--max-steps-per-epoch", int)):
+                      ("--max-steps-per-epoch", int), ("--processes", int)):
         p.add_argument(flag, type=typ)
     for flag, choices in (("--optimizer", OPTIMIZERS), ("--scheduler", SCHEDULERS), ("--augment", AUGMENTS),
                           ("--loss", LOSSES), ("--sampler", SAMPLERS), ("--preprocess", PREPROCESS),
@@ -62,6 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", action="store_true", help="queue them for the background worker instead")
     p.add_argument("--seeds", type=int, default=1,
                    help="train each configuration this many times, seeded --seed, --seed + 1, ... (default 1)")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="train up to N runs at once, each in its own slot (a GPU each, or cores/N threads "
+                        "each on a CPU); sets the runs folder's number of slots")
 
     p = sub.add_parser("predict", help="grade images, folders and globs with a trained run")
     p.add_argument("images", nargs="+", type=Path,
@@ -125,8 +128,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("worker", help="train queued runs one at a time (started by the app)")
+    p = sub.add_parser("worker", help="train queued runs, one per slot (started by the app)")
     p.add_argument("--runs-dir", type=Path)
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="set the runs folder's number of slots (default: one per GPU, or 1)")
 
     # Parsed by bench/throughput.py itself (main() hands it the arguments); listed for --help.
     sub.add_parser("bench", help="training images/s: the lab's loop vs this trainer vs the model alone "
@@ -136,7 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args: argparse.Namespace, **fixed):
     keys = ("data", "weights", "epochs", "batch_size", "lr", "image_size", "weight_decay", "label_smoothing",
-            "warmup_epochs", "ema", "val_fraction", "seed", "num_workers", "max_steps_per_epoch", "optimizer",
+            "warmup_epochs", "ema", "val_fraction", "seed", "num_workers", "max_steps_per_epoch", "processes", "optimizer",
             "scheduler", "augment", "loss", "sampler", "preprocess", "select_metric", "device", "compile",
             "amp", "gpu_data", "name", "patient_column", "patient_regex")
     values = {k: getattr(args, k, None) for k in keys}
@@ -153,12 +158,33 @@ def _train_one(cfg, args) -> Path:
     from .train import prepare_run, run_training
 
     source = source_of(cfg)  # bad data fails before a run exists
+    if cfg.processes > 1 and not distributed.launched():
+        return _train_under_torchrun(cfg, args)
     distributed.init(cfg.device)  # only under torchrun: then rank 0 makes the run folder
     run_dir = distributed.broadcast(prepare_run(cfg, args.runs_dir) if distributed.is_main() else None)
     if distributed.is_main():
         print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir}", file=sys.stderr)
     with distributed.local_run_dir(run_dir) as own_dir:
         run_training(own_dir, quiet=args.quiet or not distributed.is_main(), source=source)
+    return run_dir
+
+
+def _train_under_torchrun(cfg, args) -> Path:
+    """``--processes N`` outside torchrun: prepare the run, then train it under torchrun."""
+    import subprocess
+
+    from . import launch
+    from .train import prepare_run
+
+    run_dir = prepare_run(cfg, args.runs_dir)
+    print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir} "
+          f"with {cfg.processes} processes", file=sys.stderr)
+    # The processes' own stdout goes to stderr: this process prints the run folder once.
+    code = subprocess.call(launch.trainer_cmd(run_dir, processes=cfg.processes), stdout=sys.stderr,
+                           cwd=runs.PROJECT_ROOT)
+    if code != 0:
+        status = runs.read_status(run_dir)
+        raise TrainingFailed(f"torchrun exited with code {code}: {status.get('error') or 'see the log above'}")
     return run_dir
 
 
@@ -194,19 +220,65 @@ def cmd_sweep(args) -> int:
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-    done = []
+    if args.parallel is not None:
+        launch.check_parallel(args.parallel)
     first = args.seed or 0  # --seed, when given, is the first seed
-    for seed, arch, pretrained in itertools.product(range(first, first + args.seeds), args.archs, (False, True)):
-        cfg = _config_from_args(args, arch=arch, pretrained=pretrained, seed=seed)
+    configs = [_config_from_args(args, arch=arch, pretrained=pretrained, seed=seed)
+               for seed, arch, pretrained in itertools.product(range(first, first + args.seeds), args.archs, (False, True))]
+    if args.parallel is not None:
+        launch.set_parallel(args.parallel, args.runs_dir)
+        if not args.queue:
+            return _sweep_in_slots(configs, args)
+    for cfg in configs:
         if args.queue:
             run_dir, _ = launch.enqueue(cfg.to_dict(), args.runs_dir)
         else:
             run_dir = _train_one(cfg, args)
-        done.append(run_dir)
         print(run_dir, flush=True)
         if not args.queue:
             _print_verdict(run_dir)
     return 0
+
+
+def _sweep_in_slots(configs: list, args) -> int:
+    """Queue the sweep and drain the queue here, up to --parallel runs at once.
+
+    Each run folder is printed as its run ends. When a worker started by the app already
+    holds the queue, it trains them (with the new number of slots) and this waits. Ctrl-C
+    cancels the runs not started yet; the running ones stop resumable.
+    """
+    import time
+
+    from . import launch
+    from .data import source_of
+
+    for cfg in configs:  # bad data fails before anything is queued
+        source_of(cfg)
+    mine = [launch.enqueue(cfg.to_dict(), args.runs_dir, start_worker=False)[0] for cfg in configs]
+    shown: set = set()
+
+    def show(run_dir: Path) -> None:
+        if run_dir in mine and run_dir not in shown:
+            shown.add(run_dir)
+            print(run_dir, flush=True)
+            _print_verdict(run_dir)
+
+    try:
+        launch.worker(args.runs_dir, on_end=show)
+        while not all(runs.read_status(r)["state"] in runs.ENDED_STATES for r in mine):
+            time.sleep(1.0)  # another worker holds the queue: it trains them
+    except KeyboardInterrupt:
+        for run_dir in mine:
+            if runs.read_status(run_dir)["state"] == "queued":
+                launch.stop(run_dir.name, args.runs_dir)
+        raise
+    for run_dir in mine:
+        show(run_dir)
+    failed = [r for r in mine if runs.read_status(r)["state"] != "done"]
+    for run_dir in failed:
+        status = runs.read_status(run_dir)
+        print(f"error: {run_dir.name} {status['state']}: {status.get('error') or 'see its train.log'}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_predict(args) -> int:
@@ -400,7 +472,7 @@ def cmd_validate(args) -> int:
 def cmd_worker(args) -> int:
     from . import launch
 
-    launch.worker(args.runs_dir)
+    launch.worker(args.runs_dir, parallel=args.parallel)
     return 0
 
 

@@ -72,6 +72,7 @@ class TrainConfig:
     compile: bool = False
     gpu_data: bool = True  # on CUDA: decode once into a uint8 cache, augment on the GPU
     max_steps_per_epoch: int = 0  # 0 = whole epoch; tests and smoke runs cap it
+    processes: int = 1  # >1: trained under torchrun, one process per GPU (or CPU slot)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if not 1 <= int(self.processes) <= 64:
+            raise ConfigError(f"processes must be from 1 to 64, got {self.processes}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16 pixels, got {self.image_size}")
         return self

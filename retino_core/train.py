@@ -9,6 +9,7 @@ with workers and no per-step host synchronisation.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -61,7 +62,46 @@ def _workers(cfg: TrainConfig, source: DataSource, device: torch.device) -> int:
         return cfg.num_workers
     if device.type == "cpu" and source.kind == "retinamnist":
         return 0  # tiny in-memory images: workers would only compete for the 2 cores
-    return max(0, min(8, (os.cpu_count() or 2) - 1))
+    return max(0, min(8, len(_cores()) - 1))
+
+
+def _cores() -> set[int]:
+    """The cores this process may use: all of them, or its worker slot's share."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 2))
+
+
+def apply_slot() -> dict:
+    """Keep to the share of the machine the worker gave this trainer (``RETINO_SLOT``).
+
+    The slot's cores become this process's CPU affinity (under torchrun each local process
+    takes its own part of them) and its thread count is set explicitly, so runs trained at
+    once do not fight over OpenMP threads. Returns what status.json records: the slot, and
+    the threads and cores actually in force.
+    """
+    fields: dict = {"launcher_pid": os.getppid() if distributed.launched() else os.getpid(),
+                    "launch": os.environ.get("RETINO_LAUNCH")}
+    try:
+        slot = json.loads(os.environ.get("RETINO_SLOT") or "null")
+    except ValueError:
+        slot = None
+    if not isinstance(slot, dict):
+        return fields
+    cpus = [int(c) for c in slot.get("cpus") or []]
+    local, count = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if count > 1 and len(cpus) >= count:
+        per = len(cpus) // count
+        cpus = cpus[local * per:(local + 1) * per]
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass  # cores taken away since the worker planned: keep what the process has
+    if int(slot.get("threads") or 0) > 0:
+        torch.set_num_threads(int(slot["threads"]))
+    return {**fields, "slot": slot, "torch_threads": torch.get_num_threads(), "cpus": sorted(_cores())}
 
 
 def build_loaders(cfg: TrainConfig, source: DataSource, device: torch.device) -> dict[str, DataLoader]:
@@ -362,7 +402,7 @@ class Recorder:
 
     def start(self, **fields) -> None:
         self.status("running", pid=os.getpid(), host=socket.gethostname(),
-                    started=runs.now_iso(), error=None, **fields)
+                    started=runs.now_iso(), started_ts=time.time(), error=None, **fields)
         self._thread = threading.Thread(target=self._beat, name="retino-heartbeat", daemon=True)
         self._thread.start()
 
@@ -715,7 +755,7 @@ def run_training(run_dir: Path, resume: bool = False, quiet: bool = False,
     cfg = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}) or {})
     rec = Recorder(run_dir, quiet)
     old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
-    rec.start(resumed=resume)
+    rec.start(resumed=resume, **apply_slot())
     notes: list[str] = []
     try:
         while True:
