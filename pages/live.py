@@ -55,7 +55,9 @@ def live_view() -> None:
         progress = viz.run_progress(run, steps[label])
         with st.container(border=True):
             head, bar = st.columns([3, 4], vertical_alignment="center")
-            head.markdown(f"**{label}** · {run.configuration} · :{_COLOUR.get(run.state, 'gray')}[{run.state}]")
+            where = viz.slot_text(run)
+            head.markdown(f"**{label}** · {run.configuration} · :{_COLOUR.get(run.state, 'gray')}[{run.state}]"
+                          + (f" · {where}" if where else ""))
             bar.progress(progress.fraction, text=progress.text)
             if run.state in ("failed", "interrupted", "cancelled") and run.status.get("error"):
                 st.caption(run.status["error"])

@@ -9,7 +9,7 @@ from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
 from retino_core.data import DataError, DatasetInvalid, ImageError, open_source
 from retino_core.integrity import describe_patients
 
-from pages import through_the_app
+from pages import runs_at_once, set_runs_at_once, through_the_app
 
 through_the_app(__file__)
 
@@ -96,6 +96,7 @@ def configuration_cards() -> None:
                 steps = runs.step_rows(run.path) if run.state == "running" else []
                 progress = viz.run_progress(run, steps)
                 st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
+                st.caption(viz.slot_text(run))
             elif run.state != "done":
                 st.markdown(f":orange[{run.state}]")
                 error = run.status.get("error") or ""
@@ -127,12 +128,13 @@ def configuration_cards() -> None:
 configuration_cards()
 
 with st.form("train_four", border=False):
-    left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
+    left, middle, slots, right = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
     preset = left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
                             help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
                                  "lab: the lab report's recipe, unchanged")
     n_seeds = middle.number_input("Seeds", 1, 10, 1, help="train each configuration this many times (seeds 0, 1, "
                                   "...): Compare shows the mean ± SD over seeds next to each run's interval")
+    at_once = runs_at_once(slots, "four_at_once")
     clicked = right.form_submit_button("Train all four on this dataset", type="primary",
                                        icon=":material/play_arrow:")
 if clicked:
@@ -142,6 +144,7 @@ if clicked:
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
             st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:
         st.error(f"Could not queue the runs: {err}")
@@ -149,5 +152,5 @@ if clicked:
         new = sum(created for _, created in queued)
         if queued:
             st.success(f"Queued {new} run(s)" + (f"; {len(queued) - new} identical run(s) were already queued or "
-                                                  "running" if new < len(queued) else "") + ". They train one at a time.")
+                                                  "running" if new < len(queued) else "") + f". {how}")
             st.page_link("pages/live.py", label="Watch them on the Live page", icon=":material/monitoring:")

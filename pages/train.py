@@ -11,7 +11,7 @@ from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, C
 from retino_core.data import DataError, DatasetInvalid, source_of
 from retino_core.errors import WeightsError
 
-from pages import through_the_app
+from pages import at_once_now, runs_at_once, set_runs_at_once, through_the_app
 
 through_the_app(__file__)
 
@@ -57,6 +57,7 @@ with st.form("train"):
                                          help="the labels CSV's column naming each image's patient")
         patient_regex = c[2].text_input("Patient regex (optional)",
                                         help="a regular expression whose first group is the patient id in a file name")
+        at_once = runs_at_once(c[0], "train_at_once")
     left, right = st.columns([1, 4])
     start = left.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     four = right.form_submit_button("Run all four", icon=":material/grid_view:",
@@ -81,6 +82,7 @@ if start or four:
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
             st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except DatasetInvalid as err:  # every problem of the dataset at once, as `validate` lists them
         st.error(f"Not started: {err.report.markdown()}")
@@ -90,6 +92,8 @@ if start or four:
         for run_dir, created in queued:
             st.success(f"Queued {run_dir.name}" if created else f"{run_dir.name} is already queued or running "
                        "with these exact settings")
+        if len(queued) > 1:
+            st.caption(how)
         st.page_link("pages/live.py", label="Watch on the Live page", icon=":material/monitoring:")
 
 with st.expander("ImageNet weights (for pretrained runs)"):
@@ -130,7 +134,7 @@ def run_table() -> None:
         rows.append({"run": run.run_id, "configuration": run.configuration, "state": run.state,
                      "progress": progress.fraction, "test_acc": None if acc is None else 100 * acc,
                      "test_qwk": run.summary.get("test_qwk"), "verdict": trust.label(verdict) if verdict else "",
-                     "data": viz.data_label(run.config.get("data") or ""),
+                     "data": viz.data_label(run.config.get("data") or ""), "where": viz.slot_text(run),
                      "status": progress.text if run.state in runs.ACTIVE_STATES else (run.status.get("error") or "")})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
@@ -147,7 +151,8 @@ def run_table() -> None:
                 st.caption(r.status["error"])
     queued = [r for r in all_runs if r.state == "queued"]
     if queued:
-        st.caption(f"{len(queued)} run(s) waiting: one run trains at a time; the next starts by itself.")
+        st.caption(f"{len(queued)} run(s) waiting; {at_once_now()} train(s) at once. The next starts by itself "
+                   "when a slot is free.")
         # A queue that nothing drains (the machine restarted, say) gets its worker back.
         if launch.ensure_worker():
             st.toast("queue worker started for the waiting runs")

@@ -145,6 +145,18 @@ def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> P
                     int(last.get("steps") or 0), last.get("images_per_s"), eta, last.get("train_loss"))
 
 
+def slot_text(run: RunInfo) -> str:
+    """Where a run trains (its worker slot: GPU, or share of the CPU), or waits; "" when unknown."""
+    slot = run.status.get("slot") if isinstance(run.status.get("slot"), dict) else None
+    if run.state == "queued":
+        return "waiting for a free slot"
+    if slot is None or run.state != "running":
+        return f"trained on {slot['label']}" if slot and run.state == "done" else ""
+    threads = run.status.get("torch_threads")
+    extra = f" ({threads} thread{'s' if threads != 1 else ''})" if threads and "thread" not in slot["label"] else ""
+    return f"on {slot['label']}{extra}"
+
+
 # ---------------------------------------------------------------- curves
 
 

@@ -143,8 +143,10 @@ def test_overview_trains_all_four(runs_dir: Path, no_worker: list, weights_cache
     for name in ("resnet18-f37072fd.pth", "resnet50-0676ba61.pth"):  # present, so nothing is fetched
         (weights_cache / name).write_bytes(b"weights")
     at = open_page("overview")
+    at.number_input(key="four_at_once").set_value(2)
     next(b for b in at.button if b.label.startswith("Train all four")).click().run()
     assert not at.exception and not at.error
+    assert launch.parallel_setting(runs_dir) == 2 and "Up to 2 train at once" in at.success[0].value
     queued = runs.list_runs(runs_dir)
     assert sorted(r.configuration for r in queued) == sorted(
         ["resnet18 / pretrained", "resnet18 / scratch", "resnet50 / pretrained", "resnet50 / scratch"])
@@ -239,10 +241,15 @@ def test_live_shows_curves_and_the_majority_baseline(four, runs_dir: Path) -> No
 
 def test_live_shows_a_running_run(runs_dir: Path) -> None:
     run = write_run(runs_dir, state="running", epochs=4)  # its pid is this (alive) process
+    slot = launch.plan_slots(2, gpus=[], cpus=[0, 1])[1]
+    runs.write_status(run, "running", slot=slot.to_dict(), torch_threads=1)
     at = open_page("live")
     assert at.multiselect[0].value == [run.name]
     text = at.get("progress")[0].proto.text
     assert "epoch 2/4" in text and "images/s" in text
+    assert "on CPU · slot 2 of 2 · 1 thread" in texts(at)  # which share of the machine it has
+    at.switch_page("pages/overview.py").run()
+    assert not at.exception and "on CPU · slot 2 of 2 · 1 thread" in texts(at)
 
 
 def test_results_confusion_matrix_and_gallery(four, runs_dir: Path) -> None:
