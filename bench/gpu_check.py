@@ -11,8 +11,10 @@ and a step that would not fit in what is left of --budget is skipped:
              in a training epoch through it (torch.cuda.set_sync_debug_mode)
 3. bench     bench/throughput.py, ResNet18 and ResNet50 at 512 px -> throughput.json / .md
 4. train     the CLI, ``fast`` preset, 2 epochs on the same generated 512 px JPEGs; run folder checked
-5. torchrun  training through torchrun on this machine's GPUs (NCCL), bundled RetinaMNIST
-6. pytest    tests/test_gpu_data.py and tests/test_distributed.py, when pytest is installed
+5. parallel  bench/parallel.py: the four-configuration sweep on RetinaMNIST, one run at a time
+             against one per GPU (two sharing the GPU on a one-GPU machine) -> parallel.md
+6. torchrun  training through torchrun on this machine's GPUs (NCCL), bundled RetinaMNIST
+7. pytest    tests/test_gpu_data.py and tests/test_distributed.py, when pytest is installed
 Writes gpu_check.json (each step's state, seconds and numbers), gpu_check.md and <step>.log.
 Needs only torch, torchvision, numpy, pandas, scikit-learn, Pillow and tqdm.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,8 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="small sizes and one arch: a smoke test of this script")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "gpu_check_out"))
     p.add_argument("--work", type=Path, help="generated data and run folders (default: <out>/../gpu_check_work)")
-    p.add_argument("--budget", type=float, default=480.0, help="seconds for all steps together")
-    p.add_argument("--steps", nargs="+", default=["env", "parity", "bench", "train", "torchrun", "pytest"])
+    p.add_argument("--budget", type=float, default=560.0, help="seconds for all steps together")
+    p.add_argument("--steps", nargs="+", default=["env", "parity", "bench", "train", "parallel", "torchrun", "pytest"])
     p.add_argument("--step", help=argparse.SUPPRESS)  # run one step in this process (used by the steps)
     return p
 
@@ -134,10 +137,15 @@ def _run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> 
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
+        # Its own process group: a step that runs out of time is stopped with every process it
+        # started (a sweep's worker and trainers), not just the first.
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         try:
-            code = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
-                                  env={**os.environ, **(env or {})}).returncode
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = 124
             fh.write(f"\n[timed out after {timeout:.0f} s]\n")
     return code, time.perf_counter() - t
@@ -177,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                 "train", "--data", "retinamnist", "--preset", "fast", "--no-compile", "--epochs", "1",
                 "--image-size", "64", "--batch-size", str(16 * nproc), "--max-steps-per-epoch", "5",
                 "--device", args.device, "--runs-dir", str(args.work / "druns"), "--quiet"]
+    slots = max(2, nproc) if cuda else 2
+    parallel = [py, "bench/parallel.py", "--device", args.device, "--preset", "fast", "--parallel", "1", str(slots),
+                "--epochs", "1" if tiny else "2", "--image-size", "32" if tiny else "128", "--out", str(args.out / "parallel.md"),
+                "--extra", "compile=false"] + (["batch_size=8", "--max-steps-per-epoch", "2"] if tiny else [])
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu_data.py", "tests/test_distributed.py"]
     # name: (command, time limit, seconds it needs at least to be worth starting)
     plan = {
@@ -184,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "parity": (me + ["--step", "parity"], 120, 20),
         "bench": (bench, 330, 120),
         "train": (train, 150, 60),
+        "parallel": (parallel, 240, 90),
         "torchrun": (torchrun, 120, 30),
         "pytest": (pytest, 150, 40),
     }
@@ -260,6 +273,8 @@ def _write(out: Path, report: dict, t0: float) -> None:
         if name in ("train", "torchrun") and r:
             note = f"epochs {r.get('epochs')}, train img/s {r.get('train_img_s')}, complete {r.get('complete')}"
         lines.append(f"| {name} | {e.get('state', 'running')} | {e.get('seconds', '')} | {note} |")
+    if report["steps"].get("parallel", {}).get("state") in ("ok", "failed") and (out / "parallel.md").is_file():
+        lines += ["", (out / "parallel.md").read_text()]
     bench = out / "throughput.md"
     if report["steps"].get("bench", {}).get("state") in ("ok", "failed") and bench.is_file():
         lines += ["", "## Throughput", "", bench.read_text()]
