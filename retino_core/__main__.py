@@ -180,8 +180,7 @@ def _train_under_torchrun(cfg, args) -> Path:
     print(f"training {cfg.arch} ({'pretrained' if cfg.pretrained else 'scratch'}) into {run_dir} "
           f"with {cfg.processes} processes", file=sys.stderr)
     # The processes' own stdout goes to stderr: this process prints the run folder once.
-    code = subprocess.call(launch.trainer_cmd(run_dir, processes=cfg.processes), stdout=sys.stderr,
-                           cwd=runs.PROJECT_ROOT)
+    code = subprocess.call(launch.trainer_cmd(run_dir, processes=cfg.processes), stdout=2, cwd=runs.PROJECT_ROOT)
     if code != 0:
         status = runs.read_status(run_dir)
         raise TrainingFailed(f"torchrun exited with code {code}: {status.get('error') or 'see the log above'}")

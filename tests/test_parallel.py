@@ -138,3 +138,37 @@ def test_a_torchrun_run_takes_as_many_slots_as_it_has_processes(tiny_npz, runs_d
     assert sp["slot"]["indexes"] == [0, 1] and sp["launcher_pid"] != sp["pid"]  # torchrun, then rank 0
     assert ss["started_ts"] >= _ended(p) - 0.5  # the second run waited for a free slot
     assert len(runs.epoch_rows(p)) == 1 and (p / "summary.json").exists()
+
+
+def test_sweep_parallel_trains_in_slots_and_prints_each_run(tiny_npz, runs_dir, tmp_path, monkeypatch, capsys, no_gpus):
+    import torchvision.models as tvm
+    import torch
+
+    from retino_core.models import weights_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the trainers inherit it
+    target = weights_cache_file("resnet18")
+    target.parent.mkdir(parents=True)
+    torch.save(tvm.resnet18(num_classes=1000).state_dict(), target)
+    assert main(["sweep", "--data", str(tiny_npz), "--archs", "resnet18", "--parallel", "2", "--image-size", "32",
+                 "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--quiet"]) == 0
+    out = capsys.readouterr()
+    printed = [Path(line) for line in out.out.split()]
+    infos = runs.list_runs(runs_dir)
+    assert sorted(printed) == sorted(r.path for r in infos) and len(infos) == 2
+    assert sorted(r.configuration for r in infos) == ["resnet18 / pretrained", "resnet18 / scratch"]
+    assert all(r.state == "done" for r in infos) and out.err.count("verdict:") == 2
+    assert {tuple(r.status["slot"]["indexes"]) for r in infos} == {(0,), (1,)}
+    assert launch.parallel_setting(runs_dir) == 2
+
+
+def test_train_with_processes_runs_under_torchrun(tiny_npz, runs_dir, capsys, monkeypatch, no_gpus):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train", "--data", str(tiny_npz), "--processes", "2", "--device", "cpu", "--image-size", "32",
+                 "--batch-size", "8", "--epochs", "1", "--max-steps-per-epoch", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out.split()
+    (run,) = runs.list_runs(runs_dir)
+    assert out == [str(run.path)]  # printed once, by this process, not by the ranks
+    assert run.state == "done" and run.status["launcher_pid"] != run.status["pid"]
+    assert main(["train", "--data", str(tiny_npz), "--processes", "0"]) == 2
+    assert "processes must be from 1 to 64" in capsys.readouterr().err
