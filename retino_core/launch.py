@@ -44,7 +44,8 @@ ENQUEUE_LOCK = ".enqueue.lock"
 WORKER_LOG = ".worker.log"
 POOL_FILE = ".pool.json"
 MAX_PARALLEL = 64
-POLL_S = 0.5  # how often a busy worker looks at its trainers and the queue
+POLL_S = 0.5  # how often a busy worker looks whether one of its trainers ended
+SCAN_S = 2.0  # how often it looks for queued runs while a slot is free
 # Settings that do not change what a run computes; two runs differing only here are duplicates.
 _NOT_IDENTITY = ("name", "created", "num_workers")
 # What a queued run must not carry over from an earlier start.
@@ -352,8 +353,10 @@ def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | Non
             set_parallel(parallel, base)
         gpus = visible_gpus()
         jobs = _adopt(base)
+        last_scan = 0.0
         while True:
-            for job in [j for j in jobs if j.ended()]:
+            ended = [j for j in jobs if j.ended()]
+            for job in ended:
                 jobs.remove(job)
                 _finish(job)
                 if on_end is not None:
@@ -361,21 +364,25 @@ def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | Non
             plan = plan_slots(parallel_setting(base), gpus)
             busy = {i for job in jobs for i in job.slots}
             free = [s for s in plan if s.indexes[0] not in busy]
-            run = next_queued(base)
-            while run is not None:
-                need = min(processes_of(run.config), len(plan))
-                if len(free) < need:
-                    break  # first come, first served: wait for enough slots
-                try:
-                    jobs.append(_launch(run, free[:need]))
-                except OSError as err:  # no interpreter, no room for train.log, ...
-                    runs.write_status(run.path, "failed", pid=None, error=f"could not start the trainer: {err}")
-                else:
-                    free = free[need:]
-                    started += 1
+            # Reading every run folder costs the trainers CPU: only when a slot is free, and
+            # then at most every SCAN_S unless a run just ended or nothing trains.
+            if free and (ended or not jobs or time.monotonic() - last_scan >= SCAN_S):
+                last_scan = time.monotonic()
                 run = next_queued(base)
-            if not jobs and run is None and not poll:
-                return started
+                while run is not None:
+                    need = min(processes_of(run.config), len(plan))
+                    if len(free) < need:
+                        break  # first come, first served: wait for enough slots
+                    try:
+                        jobs.append(_launch(run, free[:need]))
+                    except OSError as err:  # no interpreter, no room for train.log, ...
+                        runs.write_status(run.path, "failed", pid=None, error=f"could not start the trainer: {err}")
+                    else:
+                        free = free[need:]
+                        started += 1
+                    run = next_queued(base)
+                if not jobs and run is None and not poll:
+                    return started
             time.sleep(POLL_S if jobs else 1.0)
 
 
