@@ -215,6 +215,50 @@ def read_jsonl(path: Path) -> list[dict]:
         return list(tail.rows)
 
 
+# The small JSON files of the run folders (config, status, summary, notes), parsed once per
+# change for the whole process: every page, session and tab that lists runs, most of them every
+# 2 s, shares one parse, and an unchanged file costs a stat. A file is read again when it was
+# replaced (an atomic write gives it another inode), changed size or mtime, or JSON_RECHECK_S
+# after it was read: the bound on staleness should two writes land in one tick of the clock.
+JSON_RECHECK_S = 10.0
+_json_files: dict[str, tuple[tuple[int, int, int], float, Any]] = {}
+_json_lock = threading.Lock()
+
+
+def _read_json_shared(path: Path) -> dict:
+    """A run folder's JSON object file, read through the shared cache ({} when missing or not an
+    object); the caller gets its own copy of the top level."""
+    key = str(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        with _json_lock:
+            _json_files.pop(key, None)
+        return {}
+    stamp, now = (st.st_ino, st.st_size, st.st_mtime_ns), time.monotonic()
+    with _json_lock:
+        cached = _json_files.get(key)
+    if cached and cached[0] == stamp and now - cached[1] < JSON_RECHECK_S:
+        value = cached[2]
+    else:
+        value = read_json(path, {})
+        value = value if isinstance(value, dict) else {}
+        with _json_lock:
+            _json_files[key] = (stamp, now, value)
+    return dict(value)
+
+
+def _forget(run_dir: Path) -> None:
+    """Drop a removed run folder's files from the shared caches."""
+    prefix = str(run_dir) + os.sep
+    with _json_lock:
+        for key in [k for k in _json_files if k.startswith(prefix)]:
+            del _json_files[key]
+    with _tails_lock:
+        for key in [k for k in _tails if k.startswith(prefix)]:
+            del _tails[key]
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -259,7 +303,7 @@ def read_status(run_dir: Path) -> dict:
     A run that says ``running`` but whose pid is gone, or whose heartbeat is older than
     HEARTBEAT_TIMEOUT_S, was killed: it reads as ``interrupted`` with ``stale: True``.
     """
-    status = dict(read_json(Path(run_dir) / "status.json", {}) or {})
+    status = _read_json_shared(Path(run_dir) / "status.json")
     status.setdefault("state", "queued" if (Path(run_dir) / "config.json").exists() else "failed")
     if status["state"] == "running":
         beat = float(status.get("heartbeat_ts") or status.get("updated_ts") or 0)
@@ -322,10 +366,10 @@ def load_run(run_dir: Path) -> RunInfo:
     return RunInfo(
         run_id=run_dir.name,
         path=run_dir,
-        config=read_json(run_dir / "config.json", {}) or {},
+        config=_read_json_shared(run_dir / "config.json"),
         status=read_status(run_dir),
-        summary=read_json(run_dir / "summary.json", {}) or {},
-        annotations=read_json(run_dir / "notes.json", {}) or {},
+        summary=_read_json_shared(run_dir / "summary.json"),
+        annotations=_read_json_shared(run_dir / "notes.json"),
     )
 
 
@@ -413,3 +457,4 @@ def delete_run(run_id: str, runs_dir: Path | None = None) -> None:
     if status["state"] == "running":
         raise RunError(f"run {run_id!r} is still running (pid {status.get('pid')}); stop it first")
     shutil.rmtree(path)
+    _forget(path)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from retino_core import runs
+
 CHROMIUM = Path("/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -45,3 +47,29 @@ def test_three_viewers_while_a_run_trains(tmp_path: Path, usable_run: Path) -> N
         assert len(viewer.uploads) == 1, f"viewer {viewer.number}'s upload was not graded"
     assert result["trainer_alive"], "the training run stopped while the viewers walked"
 
+
+def test_run_folders_are_read_once_per_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session lists the runs every 2 s: an unchanged file is not parsed again, a changed
+    one is seen at once, and a deleted run leaves nothing behind in the shared cache."""
+    from app_fixtures import write_run
+
+    run_dir = write_run(tmp_path / "runs")
+    parsed = []
+    read_json = runs.read_json
+    monkeypatch.setattr(runs, "read_json", lambda path, default=None: parsed.append(Path(path).name)
+                        or read_json(path, default))
+
+    (first,) = runs.list_runs(tmp_path / "runs")
+    assert sorted(parsed) == ["config.json", "status.json", "summary.json"]  # no notes.json yet
+    parsed.clear()
+    (again,) = runs.list_runs(tmp_path / "runs")
+    assert parsed == [] and again.summary == first.summary and again.summary is not first.summary
+
+    runs.write_notes(run_dir, "checked by hand", "reviewed")
+    runs.write_status(run_dir, "failed", error="synthetic")
+    (changed,) = runs.list_runs(tmp_path / "runs")
+    assert changed.state == "failed" and changed.tags == ["reviewed"]
+
+    runs.delete_run(run_dir.name, tmp_path / "runs")
+    assert runs.list_runs(tmp_path / "runs") == []
+    assert not [key for key in runs._json_files if key.startswith(str(run_dir))]
