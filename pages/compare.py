@@ -11,6 +11,28 @@ through_the_app(__file__)
 
 
 
+def stamp(run: runs.RunInfo | None) -> tuple | None:
+    """A finished run as a cache key: its id and when its summary was written."""
+    if run is None:
+        return None
+    try:
+        return run.run_id, (run.path / "summary.json").stat().st_mtime_ns
+    except OSError:
+        return run.run_id, None
+
+
+# Plotly figures take tens of milliseconds each to build, and every viewer of this page would
+# build the same ones: they are built once for all sessions, for as long as the runs' stamps hold.
+@st.cache_resource(show_spinner=False, max_entries=16)
+def figures_of(stamps: tuple, _four: dict, normalize: bool) -> dict:
+    return report.figures(_four, normalize)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def parallel_figure(stamps: tuple, _hyper, metric: str):
+    return viz.parallel_coordinates(_hyper, metric)
+
+
 @st.cache_data(show_spinner="Comparing every pair on the shared test images…", max_entries=16)
 def pairs_of(chosen: tuple, _stamp: float = 0.0):
     """The pairwise table of the chosen runs (cached per selection: a bootstrap per pair)."""
@@ -92,7 +114,7 @@ with st.expander("All numbers"):
         for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
 
 normalize = st.toggle("Confusion matrices row-normalised", value=True)
-figures = report.figures(four, normalize)
+figures = figures_of(tuple(stamp(run) for run in four.values()), four, normalize)
 columns = st.columns(2)
 for i, arch in enumerate(report.COLUMN_NAMES):
     fig = figures.get(f"accuracy_{arch}")
@@ -122,7 +144,8 @@ if len(done) >= 2:
                              key="parcoords_metric")
     hyper = comparison.hyperparameter_frame(done, metric_pc)
     if len(hyper) >= 2:
-        st.plotly_chart(viz.parallel_coordinates(hyper, metric_pc), width="stretch", key="parcoords")
+        st.plotly_chart(parallel_figure(tuple(stamp(r) for r in done), hyper, metric_pc), width="stretch",
+                        key="parcoords")
         st.caption("Every finished run by its hyperparameters; drag along an axis to filter.")
 else:
     st.caption("Two finished runs are needed for a side-by-side of their configurations.")

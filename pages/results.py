@@ -22,6 +22,13 @@ def load_source(spec: str, val_fraction: float, seed: int, patient_column: str, 
                       "patient_column": patient_column, "patient_regex": patient_regex})
 
 
+# Built once for every session showing this matrix the same way (a plotly figure takes tens of
+# milliseconds to build); the matrix's counts are the key.
+@st.cache_resource(show_spinner=False, max_entries=32)
+def confusion_of(matrix: tuple, normalize: bool, selected: tuple):
+    return viz.confusion_figure(matrix, normalize, selected=selected)
+
+
 def pick_cell(chart_key: str) -> None:
     """A click on a square of the matrix selects that (true, predicted) cell below."""
     points = st.session_state[chart_key].selection.points
@@ -98,7 +105,7 @@ with left:
     normalize = st.toggle("Row-normalised (share of each true grade)", value=False)
     chart_key = f"confusion-{run.run_id}-{split}-{normalize}"
     selected = (st.session_state.get("cell_true"), st.session_state.get("cell_pred"))
-    st.plotly_chart(viz.confusion_figure(s["confusion"], normalize, selected=selected), key=chart_key,
+    st.plotly_chart(confusion_of(tuple(map(tuple, s["confusion"])), normalize, selected), key=chart_key,
                     on_select=lambda: pick_cell(chart_key), selection_mode="points", width="content",
                     config={"displayModeBar": False})
     st.caption("Hover a square for its count and row share; click it to see those images below.")
