@@ -170,8 +170,9 @@ def test_worker_starts_trainers_with_argument_lists(runs_dir: Path, monkeypatch)
 
     class FakeProc:
         pid = 4242
+        returncode = 0
 
-        def wait(self):
+        def poll(self):  # the trainer ends at once
             runs.write_status(queued, "done")
             return 0
 
