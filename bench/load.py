@@ -92,6 +92,7 @@ class Viewer:
     failed_fetches: list = field(default_factory=list)  # (where, status, address path) from the app
     external: set = field(default_factory=set)  # addresses off this machine the pages asked for
     walks: int = 0
+    watched: bool = False  # sat on Live through the watch window
     where: str = "start"
 
 
@@ -109,9 +110,11 @@ async def drawn(page, title: str, charts: int, timeout_s: float, t0: float) -> t
 
 
 async def view(browser, url: str, viewer: Viewer, upload: Path, deadline: float, walks: int = 1,
-               timeout_s: float = 60.0, dwell: float = 0.0, delay: float = 0.0) -> Viewer:
+               timeout_s: float = 60.0, dwell: float = 0.0, delay: float = 0.0,
+               watch: tuple[asyncio.Event, asyncio.Event] | None = None) -> Viewer:
     """One session: walk the pages (an upload on Classify) ``walks`` times, ``dwell`` seconds on
-    each; no new page after ``deadline`` (time.monotonic)."""
+    each; no new page after ``deadline`` (time.monotonic). With ``watch`` (ready, release): then
+    open Live, set ready and keep watching it until release is set."""
     from playwright.async_api import Error as PlaywrightError
 
     await asyncio.sleep(delay)
@@ -170,7 +173,21 @@ async def view(browser, url: str, viewer: Viewer, upload: Path, deadline: float,
                 except PlaywrightError as err:
                     note(str(err).splitlines()[0][:200])
             viewer.walks += 1
+        if watch is not None:
+            viewer.where = "Live, watching"
+            try:
+                await page.get_by_role("link", name="Live", exact=True).click()
+                await drawn(page, "Live", 1, timeout_s, time.perf_counter())
+                viewer.watched = True
+                watch[0].set()
+                await watch[1].wait()
+                for trouble in await page.evaluate(TROUBLE):
+                    note(trouble)
+            except PlaywrightError as err:
+                note(str(err).splitlines()[0][:200])
     finally:
+        if watch is not None:
+            watch[0].set()
         session_open = False
         await context.close()
     return viewer
@@ -265,20 +282,34 @@ async def phase(browser, url: str, n: int, pids: tuple[int, int], training: Path
     rss_before, meter = rss_kib(server_pid), CpuMeter(*pids)
     start, t0 = time.time(), time.monotonic()
     viewers = [Viewer(i + 1) for i in range(n)]
-    tasks = [view(browser, url, v, upload, t0 + args.seconds, args.walks, args.timeout, args.dwell,
-                  args.ramp * i / n) for i, v in enumerate(viewers)]
+    ready, release = [asyncio.Event() for _ in viewers], asyncio.Event()
+    tasks = [asyncio.create_task(view(browser, url, v, upload, t0 + args.seconds, args.walks, args.timeout, args.dwell,
+                                      args.ramp * i / n, (ready[i], release) if args.watch else None))
+             for i, v in enumerate(viewers)]
+    bound = args.seconds + 4 * args.timeout  # on top of each wait's own: a session still going is cut off
     cut = False
-    try:  # on top of each wait's own bound: a session still going is cut off
-        await asyncio.wait_for(asyncio.gather(*tasks), args.seconds + 4 * args.timeout)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready) if args.watch else tasks), bound)
+    except asyncio.TimeoutError:
+        cut = True
+    walked, cpu, load = time.time(), meter.read(), os.getloadavg()[0]
+    watch = None
+    if args.watch and not cut:  # every viewer that could sits on Live, as while a run is watched
+        meter, watch_start = CpuMeter(*pids), time.time()
+        await asyncio.sleep(args.watch)
+        watch = {"viewers": sum(v.watched for v in viewers), "cpu": meter.read(),
+                 "trainer": images_per_s(training, watch_start, time.time())}
+    release.set()
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
     except asyncio.TimeoutError:
         cut = True
     end = time.time()
-    cpu, load = meter.read(), os.getloadavg()[0]
     await asyncio.sleep(args.settle)
-    return {"viewers": n, "sessions": viewers, "cut_off": cut, "seconds": end - start, "cpu": cpu, "load": load,
-            "rss_before": rss_before, "rss_after": rss_kib(server_pid),
+    return {"viewers": n, "sessions": viewers, "cut_off": cut, "seconds": walked - start, "cpu": cpu, "load": load,
+            "watch": watch, "rss_before": rss_before, "rss_after": rss_kib(server_pid),
             "rss_peak": max([kib for t, kib in rss if start <= t <= end] or [rss_before]),
-            "solo": solo, "with_viewers": images_per_s(training, start, end)}
+            "solo": solo, "with_viewers": images_per_s(training, start, walked)}
 
 
 async def drive(url: str, pids: tuple[int, int], training: Path, upload: Path, args) -> dict:
@@ -332,7 +363,9 @@ def run_load(args, tmp: Path, finished_run: Path | None = None) -> dict:
         server_log = stack.enter_context(open(tmp / "streamlit.log", "wb"))
         trainer = start_trainer(runs_dir, trainer_log, tuple(args.trainer_args))
         stack.callback(stop_app, trainer)  # SIGTERM to its process group, SIGKILL if it lingers
-        server, url = start_app(runs_dir, server_log, args.timeout)
+        server, url = start_app(runs_dir, server_log, args.timeout,
+                                [part for option in args.server_option for part in ("--" + option.split("=", 1)[0],
+                                                                                   option.split("=", 1)[1])])
         stack.callback(stop_app, server)
         try:
             training = wait_for_steps(runs_dir, trainer, 2, 4 * args.timeout)
@@ -396,7 +429,8 @@ def goals(result: dict) -> list[str]:
 
 def report(result: dict, args) -> str:
     lines = [
-        "# Many viewers: browser sessions walking the dashboard while a run trains",
+        "# Many viewers: browser sessions walking the dashboard while a run trains"
+        + (f" (server: {', '.join(args.server_option)})" if args.server_option else ""),
         "",
         f"`.venv/bin/python bench/load.py {' '.join(args.argv)}` on {os.cpu_count()} CPU cores. Debian's Chromium "
         f"drives `streamlit run streamlit_app.py` on 127.0.0.1, on the same cores as the server and the trainer. "
@@ -407,9 +441,12 @@ def report(result: dict, args) -> str:
         f"{' '.join((*TRAINER_ARGS, *args.trainer_args))}`, one thread); its images/s alone is measured for "
         f"{args.solo_seconds:g} s before each N. Browsers at *background* priority get only the "
         "CPU the server and the trainer leave (as when the viewers sit at their own machines); at *normal* they "
-        f"compete with both. Server RSS before each N (after one warm-up walk) and {args.settle:g} s after its "
-        "viewers left. CPU in cores (1.0 = one core busy); 'rest' is the browsers, this driver and anything "
-        "else on the machine.",
+        f"compete with both. After its walk each viewer opens Live; once all of them sit there, the watch "
+        f"window ({args.watch:g} s) measures the server and the trainer with every page polling the run. "
+        f"Server RSS before each N (after one warm-up walk) and {args.settle:g} s after its viewers left. CPU in "
+        "cores (1.0 = one core busy); 'rest' is the browsers, this driver and anything else on the machine. "
+        "Server options: " + (", ".join(f"`{o}`" for o in args.server_option) or "the project's "
+                              "`.streamlit/config.toml` only") + ".",
         "",
         "| browsers | viewers | pages | page p50 | page p95 | script finished p50 / p95 | upload → graded "
         "p50 / p95 | errors | server RSS before → after (growth) | RSS peak | CPU: server / trainer / rest | "
@@ -434,6 +471,18 @@ def report(result: dict, args) -> str:
             f"{'–' if solo is None else f'{solo:.0f}'} → {'–' if busy is None else f'{busy:.0f}'}"
             f"{'' if share is None else f' ({100 * share:.0f} %)'} ({n_solo} and {n_busy} readings) | "
             f"{ph['load']:.1f} |")
+    watched = [ph for ph in result["phases"] if ph["watch"]]
+    if watched:
+        lines += ["", f"Watch window: every viewer on Live for {args.watch:g} s.", "",
+                  "| browsers | viewers watching | CPU: server / trainer / rest | trainer images/s alone → "
+                  "while watched |", "|---|---:|---:|---:|"]
+        for ph in watched:
+            w, (solo, _) = ph["watch"], ph["solo"]
+            cpu, (busy, n_busy) = w["cpu"], w["trainer"]
+            lines.append(f"| {ph['browsers']} | {w['viewers']} of {ph['viewers']} | {cpu['server']:.2f} / "
+                         f"{cpu['trainer']:.2f} / {cpu['machine'] - cpu['server'] - cpu['trainer']:.2f} | "
+                         f"{'–' if solo is None else f'{solo:.0f}'} → {'–' if busy is None else f'{busy:.0f}'}"
+                         + (f" ({100 * busy / solo:.0f} %)" if solo and busy else "") + f" ({n_busy} readings) |")
     lines += ["", "Per page: p50 / p95 / max seconds until drawn.", "",
               "| browsers | viewers | " + " | ".join(link for link, _, _ in WALK) + " | upload |",
               "|---|---:|" + "---:|" * (len(WALK) + 1)]
@@ -472,17 +521,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="the browsers' CPU priority, one series of phases each")
     parser.add_argument("--walks", type=int, default=1, help="walks per viewer")
     parser.add_argument("--dwell", type=float, default=2.0, help="seconds a viewer stays on a drawn page")
-    parser.add_argument("--seconds", type=float, default=300.0,
+    parser.add_argument("--seconds", type=float, default=600.0,
                         help="bound on each phase: no viewer opens a page after it, and one still waiting is cut "
                              "off 4 x --timeout later")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any one wait may take")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds any one wait may take")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which the viewers start")
     parser.add_argument("--solo-seconds", type=float, default=30.0, help="the trainer alone, before each phase")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after the viewers leave, then RSS")
+    parser.add_argument("--watch", type=float, default=30.0,
+                        help="seconds every viewer then keeps Live open, all at once (0: none)")
+    parser.add_argument("--server-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a streamlit option for the server on top of .streamlit/config.toml, "
+                             "e.g. runner.postScriptGC=false")
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip the uncounted first walk")
     parser.add_argument("--workdir", type=Path, help="build the runs folder and logs here and keep them "
                         "(default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load.md")
+    parser.add_argument("--append", action="store_true", help="add the report to --out instead of replacing it")
     parser.add_argument("--trainer-args", nargs=argparse.REMAINDER, default=[],
                         help="extra arguments for the trainer (last on the line), e.g. --image-size 32")
     return parser
@@ -505,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_load(args, tmp)
     text = report(result, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    with open(args.out, "a" if args.append else "w") as fh:
+        fh.write(("\n" if args.append else "") + text)
     print(text)
     return 1 if result["server_tracebacks"] or any(phase_errors(ph) for ph in result["phases"]) else 0
 

@@ -31,10 +31,11 @@ import load  # noqa: E402 - bench/load.py, a script; its dataclasses need it imp
 
 
 def test_three_viewers_while_a_run_trains(tmp_path: Path, usable_run: Path) -> None:
-    # Small and bounded: a 32 px trainer, no warm-up walk and no solo measurement, one walk each.
+    # Small and bounded: a 32 px trainer, no warm-up walk and no solo measurement, one walk each,
+    # then all three on Live together for 2 s.
     args = load.get_args_parser().parse_args([
         "--viewers", "3", "--browsers", "normal", "--walks", "1", "--dwell", "0.5", "--ramp", "1",
-        "--solo-seconds", "0", "--settle", "0", "--seconds", "120", "--timeout", "60", "--no-warm-up",
+        "--solo-seconds", "0", "--settle", "0", "--watch", "2", "--seconds", "120", "--timeout", "60", "--no-warm-up",
         "--trainer-args", "--image-size", "32", "--batch-size", "16"])
     result = load.run_load(args, tmp_path, finished_run=usable_run)
 
@@ -45,6 +46,7 @@ def test_three_viewers_while_a_run_trains(tmp_path: Path, usable_run: Path) -> N
     for viewer in phase["sessions"]:
         assert viewer.reached == every_page, f"viewer {viewer.number} reached only {sorted(viewer.reached)}"
         assert len(viewer.uploads) == 1, f"viewer {viewer.number}'s upload was not graded"
+        assert viewer.watched, f"viewer {viewer.number} did not stay on Live while the others watched"
     assert result["trainer_alive"], "the training run stopped while the viewers walked"
 
 
