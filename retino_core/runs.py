@@ -181,6 +181,16 @@ def _parse_lines(data: bytes) -> tuple[list[dict], int]:
     return rows, end
 
 
+def _stat_or_forget(path: Path, cache: dict, lock: threading.Lock) -> os.stat_result | None:
+    """The file's stat, or None (its entry dropped from ``cache``) when it cannot be read."""
+    try:
+        return os.stat(path)
+    except OSError:
+        with lock:
+            cache.pop(str(path), None)
+        return None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """All complete rows of a JSONL file; a partial or corrupt line is skipped.
 
@@ -188,11 +198,8 @@ def read_jsonl(path: Path) -> list[dict]:
     bytes are read; replaced (another inode) or shrunk, it is read again from the start.
     """
     key = str(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        with _tails_lock:
-            _tails.pop(key, None)
+    st = _stat_or_forget(path, _tails, _tails_lock)
+    if st is None:
         return []
     with _tails_lock:
         tail = _tails.get(key)
@@ -229,11 +236,8 @@ def _read_json_shared(path: Path) -> dict:
     """A run folder's JSON object file, read through the shared cache ({} when missing or not an
     object); the caller gets its own copy of the top level."""
     key = str(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        with _json_lock:
-            _json_files.pop(key, None)
+    st = _stat_or_forget(path, _json_files, _json_lock)
+    if st is None:
         return {}
     stamp, now = (st.st_ino, st.st_size, st.st_mtime_ns), time.monotonic()
     with _json_lock:

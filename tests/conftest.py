@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import time
 
 # The suite shares 2 cores between pytest, trainer subprocesses, the app and a browser; OpenMP
 # threads spinning for a core another process holds make each of them many times slower. Set
@@ -20,6 +21,16 @@ from PIL import Image, ImageDraw  # noqa: E402
 from retino_core.data import RETINAMNIST_NPZ  # noqa: E402
 
 TINY = dict(image_size=32, batch_size=8, epochs=1, num_workers=0)
+
+
+def wait_until(pred, timeout: float = 300.0) -> bool:
+    """Poll ``pred`` every quarter second until it is true (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def load_bench(name: str):

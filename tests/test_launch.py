@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+
+from conftest import wait_until as _wait
 
 from retino_core import launch, runs
 from retino_core.config import make_config
 
 
-def _wait(pred, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def test_queued_runs_train_one_at_a_time_in_subprocesses(tiny_npz, runs_dir):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_until as _wait
 
 from retino_core import launch, runs
 from retino_core.__main__ import main
@@ -16,13 +17,6 @@ from retino_core.config import make_config
 TINY = dict(image_size=32, batch_size=8, epochs=1, max_steps_per_epoch=2)
 
 
-def _wait(pred, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def _ended(run: Path) -> float:
