@@ -73,8 +73,11 @@ TROUBLE = """() => {
     if (i.complete && i.naturalWidth === 0) out.push('broken image ' + i.src);
   return out;
 }"""
-# Chromium logs each failed fetch as a console error too; those are counted once, as fetches.
-FETCH_ERRORS = ("Failed to load resource: the server responded with a status", "source error - 404")
+# Chromium logs each failed fetch as a console error too, and Streamlit's image element echoes a
+# failed image fetch ("Image source error - URL": a media file released by a rerun of the page the
+# viewer is leaving); those are counted once, as fetches.
+FETCH_ERRORS = ("Failed to load resource: the server responded with a status", "source error - 404",
+                "Image source error - ")
 UPLOAD_SIDE = 224
 TRAINER_ARGS = ("--data", "retinamnist", "--arch", "resnet18", "--preset", "cpu", "--epochs", "1000",
                 "--num-workers", "0")
@@ -419,8 +422,10 @@ def goals(result: dict) -> list[str]:
             lines.append(f"- p95 page ≤ 3 s at 20 viewers ({browsers} browsers): {seconds(p95)} — "
                          f"{'met' if p95 is not None and p95 <= 3 else 'not met'}")
         if (ph := at(5, browsers)) is not None and (share := trainer_share(ph)) is not None:
-            lines.append(f"- trainer ≥ 80 % of its speed alone at 5 viewers ({browsers} browsers): {100 * share:.0f} % — "
-                         f"{'met' if share >= 0.8 else 'not met'}")
+            (solo, _), watched = ph["solo"], ph["watch"] and ph["watch"]["trainer"][0]
+            also = f" (while they watch Live: {100 * watched / solo:.0f} %)" if watched and solo else ""
+            lines.append(f"- trainer ≥ 80 % of its speed alone at 5 viewers ({browsers} browsers): {100 * share:.0f} % "
+                         f"while they walk{also} — {'met' if share >= 0.8 else 'not met'}")
     growth = max(100 * (ph["rss_after"] - ph["rss_before"]) / ph["rss_before"] for ph in result["phases"])
     lines.append(f"- server RSS growth ≤ 10 % after a run of viewers: at most {growth:+.1f} % — "
                  f"{'met' if growth <= 10 else 'not met'}")
