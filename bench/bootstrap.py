@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retino_core import stats  # noqa: E402
-from retino_core.metrics import softmax  # noqa: E402
+from retino_core.judging import stats  # noqa: E402
+from retino_core.judging.metrics import softmax  # noqa: E402
 
 LAB_TEST_SHARES = (5153, 488, 1082, 175, 128)  # the lab's test_label.csv, 7,026 rows
 

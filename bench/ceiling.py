@@ -36,11 +36,13 @@ from torch import nn  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from retino_core import runs  # noqa: E402
-from retino_core import train as T  # noqa: E402
 from retino_core.config import make_config  # noqa: E402
-from retino_core.data import open_source  # noqa: E402
-from retino_core.metrics import classification_metrics, nll, softmax  # noqa: E402
-from retino_core.transforms import tta_views  # noqa: E402
+from retino_core.data.sources import open_source  # noqa: E402
+from retino_core.judging.metrics import classification_metrics, nll, softmax  # noqa: E402
+from retino_core.data.transforms import tta_views  # noqa: E402
+from retino_core.models.builders import build_model  # noqa: E402
+from retino_core.training import recipe  # noqa: E402
+from retino_core.training.loaders import build_loaders  # noqa: E402
 
 VIEWS = ("plain", "tta", "d8")
 
@@ -84,17 +86,17 @@ def train_variant(out: Path, mixup: float = 0.0, rot: int = 30, stem: str = "std
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
     source = open_source(cfg.data, cfg.val_fraction, cfg.seed)
-    loaders = T.build_loaders(cfg, source, device)
+    loaders = build_loaders(cfg, source, device)
     if rot != 30:
         tf = loaders["train"].dataset.transform
         tf.transforms = [v2.RandomRotation(rot) if isinstance(s, v2.RandomRotation) else s for s in tf.transforms]
-    model = T.build_model(cfg.arch)
+    model = build_model(cfg.arch)
     if stem == "small":
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    opt = T.build_optimizer(cfg, model, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_factor(cfg, len(loaders["train"])))
-    ema = T.weight_ema(model, cfg.ema or 0.99)
-    loss_fn = T.build_loss(cfg, source.splits["train"].labels)
+    opt = recipe.build_optimizer(cfg, model, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor(cfg, len(loaders["train"])))
+    ema = recipe.weight_ema(model, cfg.ema or 0.99)
+    loss_fn = recipe.build_loss(cfg, source.splits["train"].labels)
     beta = torch.distributions.Beta(mixup, mixup) if mixup else None
     rec = {"cfg": cfg.to_dict(), "mixup": mixup, "rot": rot, "stem": stem, "epochs": [],
            "threads": torch.get_num_threads()}

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from retino_core.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from retino_core.data import SAMPLE_IMAGE, load_image  # noqa: E402
-from retino_core.metrics import softmax  # noqa: E402
-from retino_core.models import build_model  # noqa: E402
-from retino_core.predict import Predictor  # noqa: E402
-from retino_core.transforms import build_eval_transform  # noqa: E402
+from retino_core.data.images import SAMPLE_IMAGE, load_image  # noqa: E402
+from retino_core.judging.metrics import softmax  # noqa: E402
+from retino_core.models.builders import build_model  # noqa: E402
+from retino_core.grading.predictor import Predictor  # noqa: E402
+from retino_core.data.transforms import build_eval_transform  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -35,11 +35,13 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from cpu_latency import summary, timed_round_robin  # noqa: E402
-from retino_core import batch, export  # noqa: E402
+from retino_core.grading import batch  # noqa: E402
 from retino_core.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from retino_core.data import load_image  # noqa: E402
-from retino_core.models import build_model  # noqa: E402
-from retino_core.predict import Predictor  # noqa: E402
+from retino_core.data.images import load_image  # noqa: E402
+from retino_core.models.builders import build_model  # noqa: E402
+from retino_core.grading.predictor import Predictor  # noqa: E402
+from retino_core.grading import standalone  # noqa: E402
+from retino_core.grading import export  # noqa: E402
 
 FEATURES = {"resnet18": 512, "resnet50": 2048}
 WARMUP = 2
@@ -85,7 +87,7 @@ def make_predictor(arch: str, size: int) -> Predictor:
 def load_script(folder: Path):
     """The generated predict_onnx.py as a module, with its session and preprocessing."""
     path = folder / export.SCRIPT
-    path.write_text(export.standalone_script())
+    path.write_text(standalone.standalone_script())
     spec = importlib.util.spec_from_file_location("predict_onnx", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks itself up there
@@ -123,7 +125,7 @@ def measure(arch: str, size: int, items: list, args) -> dict:
         img = load_image(items[0][0])
 
         def one_onnx() -> None:  # what grade_files does for one decoded photo
-            out = dict(zip(pre["outputs"], session.run(None, {export.INPUT: export.prepare(img, size)[None]})))
+            out = dict(zip(pre["outputs"], session.run(None, {export.INPUT: standalone.prepare(img, size)[None]})))
             script.check(img, float(out["ood_score"][0]), pre)
 
         cpu: dict[str, list[float]] = {"eager": [], "onnxruntime": []}

@@ -14,7 +14,7 @@ and a step that would not fit in what is left of --budget is skipped:
 5. parallel  bench/parallel.py: the four-configuration sweep on RetinaMNIST, one run at a time
              against one per GPU (two sharing the GPU on a one-GPU machine) -> parallel.md
 6. torchrun  training through torchrun on this machine's GPUs (NCCL), bundled RetinaMNIST
-7. pytest    tests/test_gpu_data.py and tests/test_distributed.py, when pytest is installed
+7. pytest    tests/data/test_gpu_data.py and tests/training/test_distributed.py, when pytest is installed
 Writes gpu_check.json (each step's state, seconds and numbers), gpu_check.md and <step>.log.
 Needs only torch, torchvision, numpy, pandas, scikit-learn, Pillow and tqdm.
 """
@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from retino_core.data import gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,11 +69,11 @@ def step_parity(args) -> dict:
     import torch
 
     from bench.throughput import make_lab_folder
-    from retino_core import gpu_data
     from retino_core.config import make_config
-    from retino_core.data import open_source
-    from retino_core.models import build_model
-    from retino_core.train import build_loss, build_optimizer, lr_factor, train_one_epoch
+    from retino_core.data.sources import open_source
+    from retino_core.models.builders import build_model
+    from retino_core.training.recipe import build_loss, build_optimizer, lr_factor
+    from retino_core.training.loop import train_one_epoch
 
     dev, cpu = torch.device(args.device), torch.device("cpu")
     if dev.type == "cuda":
@@ -80,26 +81,26 @@ def step_parity(args) -> dict:
     lab = make_lab_folder(args.work / "parity", 200, 40, 96 if args.tiny else 256)
     source = open_source(lab, 0.1, 0)
     split = source.splits["test"]
-    ds = gpu_data.EncodedImages(split, 64)
+    ds = gpu.EncodedImages(split, 64)
     items = [ds[i] for i in range(16)]
-    payloads, shapes, _, names = gpu_data._collate(items)
+    payloads, shapes, _, names = gpu._collate(items)
     out: dict = {}
-    a = gpu_data.decode_batch(payloads, shapes, names, 256, dev).cpu().int()
-    b = gpu_data.decode_batch(payloads, shapes, names, 256, cpu).int()
+    a = gpu.decode_batch(payloads, shapes, names, 256, dev).cpu().int()
+    b = gpu.decode_batch(payloads, shapes, names, 256, cpu).int()
     diff = (a - b).abs().float()
     out["decode_mean_abs_levels"], out["decode_max_abs_levels"] = float(diff.mean()), float(diff.max())
     u8 = b.to(torch.uint8)
-    ev_dev = gpu_data.GpuTransform(128)(u8.to(dev)).cpu()
-    ev_cpu = gpu_data.GpuTransform(128)(u8)
+    ev_dev = gpu.GpuTransform(128)(u8.to(dev)).cpu()
+    ev_cpu = gpu.GpuTransform(128)(u8)
     out["eval_transform_max_abs"] = float((ev_dev - ev_cpu).abs().max())
     torch.manual_seed(0)
-    strong = gpu_data.GpuTransform(128, "strong", channels_last=dev.type == "cuda")(u8.to(dev))
+    strong = gpu.GpuTransform(128, "strong", channels_last=dev.type == "cuda")(u8.to(dev))
     out["strong_ok"] = bool(strong.shape == (16, 3, 128, 128) and torch.isfinite(strong).all())
 
     # One short training epoch through the GPU path, counting host synchronisations.
     cfg = make_config("fast", data=str(lab), image_size=128, batch_size=16, compile=False, max_steps_per_epoch=8,
                       epochs=1, device=dev.type)
-    loaders = gpu_data.build_device_loaders(cfg, source, dev, None, cfg.batch_size, workers=2)
+    loaders = gpu.build_device_loaders(cfg, source, dev, None, cfg.batch_size, workers=2)
     model = build_model("resnet18").to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel = [py, "bench/parallel.py", "--device", args.device, "--preset", "fast", "--parallel", "1", str(slots),
                 "--epochs", "1" if tiny else "2", "--image-size", "32" if tiny else "128", "--out", str(args.out / "parallel.md"),
                 "--extra", "compile=false"] + (["batch_size=8", "--max-steps-per-epoch", "2"] if tiny else [])
-    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu_data.py", "tests/test_distributed.py"]
+    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/data/test_gpu_data.py", "tests/training/test_distributed.py"]
     # name: (command, time limit, seconds it needs at least to be worth starting)
     plan = {
         "env": (me + ["--step", "env"], 60, 5),

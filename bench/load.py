@@ -49,7 +49,8 @@ from appserver import start_app, stop_app  # noqa: E402
 from conftest import fundus_image, jpeg_bytes, train_easy_run  # noqa: E402
 from pages_bench import CHROMIUM, CHROMIUM_ARGS, RENDERED, cpu_seconds  # noqa: E402
 from soak import BROKEN, rss_kib  # noqa: E402
-from retino_core import comparison, runs  # noqa: E402
+from retino_core.judging import comparison  # noqa: E402
+from retino_core import runs  # noqa: E402
 
 # What a viewer walks: (sidebar link, start of the page's title, charts the page draws at least).
 WALK = (("Overview", "retino", 1), ("Live", "Live", 1), ("Results", "Results", 1), ("Classify", "Classify", 0),

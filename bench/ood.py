@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retino_core import runs  # noqa: E402
 from retino_core.config import make_config  # noqa: E402
-from retino_core.data import SAMPLE_IMAGE, load_image, open_source  # noqa: E402
-from retino_core.predict import Predictor  # noqa: E402
+from retino_core.data.images import SAMPLE_IMAGE, load_image  # noqa: E402
+from retino_core.data.sources import open_source
+from retino_core.grading.predictor import Predictor  # noqa: E402
 
 MAX_FALSE_ALARMS = 0.05
 GOAL_TPR = 0.95
@@ -127,7 +128,7 @@ def scored(predictor: Predictor, images: list[Image.Image], batch: int = 64) -> 
 
 
 def trained_run(runs_dir: Path) -> Path:
-    from retino_core.train import prepare_run, run_training
+    from retino_core.training.lifecycle import prepare_run, run_training
 
     for run in runs.list_runs(runs_dir):
         if run.state == "done" and run.config.get("name") == "ood-bench":

@@ -31,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from retino_core import launch, runs, weights  # noqa: E402
+from retino_core.training import launch  # noqa: E402
+from retino_core import runs  # noqa: E402
+from retino_core.models import weights  # noqa: E402
 from retino_core.config import ARCHS, PRESETS, make_config  # noqa: E402
 
 

@@ -33,10 +33,12 @@ import torch  # noqa: E402
 
 from retino_core import runs  # noqa: E402
 from retino_core.config import ARCHS, PRESETS, make_config  # noqa: E402
-from retino_core.data import open_source  # noqa: E402
-from retino_core.metrics import classification_metrics, softmax  # noqa: E402
-from retino_core.models import build_model  # noqa: E402
-from retino_core.train import build_loaders, prepare_run, predict_logits, run_training  # noqa: E402
+from retino_core.data.sources import open_source  # noqa: E402
+from retino_core.judging.metrics import classification_metrics, softmax  # noqa: E402
+from retino_core.models.builders import build_model  # noqa: E402
+from retino_core.training.loaders import build_loaders  # noqa: E402
+from retino_core.training.lifecycle import prepare_run, run_training
+from retino_core.training.loop import predict_logits
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), Table 3, RetinaMNIST test split.
 PAPER_ROWS = (

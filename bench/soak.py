@@ -26,7 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from appserver import start_app, stop_app  # noqa: E402
 from conftest import fundus_image, jpeg_bytes  # noqa: E402
-from retino_core import launch, runs  # noqa: E402
+from retino_core.training import launch  # noqa: E402
+from retino_core import runs  # noqa: E402
 from retino_core.config import make_config  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

@@ -42,10 +42,12 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from retino_core import runs  # noqa: E402
 from retino_core.config import ARCHS, make_config  # noqa: E402
-from retino_core.data import SplitDataset, open_source  # noqa: E402
-from retino_core.models import build_model  # noqa: E402
-from retino_core.train import build_optimizer, prepare_run, run_training  # noqa: E402
-from retino_core.transforms import build_eval_transform, build_train_transform  # noqa: E402
+from retino_core.data.splits import SplitDataset  # noqa: E402
+from retino_core.data.sources import open_source
+from retino_core.models.builders import build_model  # noqa: E402
+from retino_core.training.recipe import build_optimizer  # noqa: E402
+from retino_core.training.lifecycle import prepare_run, run_training
+from retino_core.data.transforms import build_eval_transform, build_train_transform  # noqa: E402
 
 # The lab report's sweep: four configurations, 10 epochs each, on 28,100 + 7,026 images.
 LAB_TRAIN, LAB_TEST, LAB_EPOCHS, LAB_CONFIGS_PER_ARCH, LAB_REPORTED_HOURS = 28_100, 7_026, 10, 2, 18.0

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retino_core.__main__ import main as cli  # noqa: E402
-from retino_core.integrity import near_pairs  # noqa: E402
+from retino_core.cli import main as cli  # noqa: E402
+from retino_core.data.duplicates import near_pairs  # noqa: E402
 
 LAB_SIZE = 35_000
 

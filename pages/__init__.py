@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from retino_core import launch
+from retino_core.training import launch
 
 
 def through_the_app(page_file: str) -> None:

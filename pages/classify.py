@@ -5,11 +5,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import report, runs, trust, viz
+from retino_core import runs
+from retino_core.judging import trust
 from retino_core.config import GRADE_NAMES
-from retino_core.data import SAMPLE_IMAGE, ImageError, load_image
+from retino_core.data.images import SAMPLE_IMAGE, load_image
+from retino_core.errors import ImageError
 
 from pages import through_the_app
+from retino_core.report import lab
+from retino_core.report import figures
+from retino_core.report import display
 
 through_the_app(__file__)
 
@@ -20,7 +25,7 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif"]
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
 def load_predictor(checkpoint: str, mtime: float, run_id: str):
     """One Predictor per checkpoint file and modification time (a newer best.pt reloads)."""
-    from retino_core.predict import Predictor
+    from retino_core.grading.predictor import Predictor
 
     return Predictor.from_checkpoint(checkpoint, run_id)
 
@@ -36,10 +41,10 @@ if not finished:
 by_id = {r.run_id: r for r in finished}
 verdicts = {i: trust.of_summary(r.summary) for i, r in by_id.items()}
 usable = {i: trust.is_usable_verdict(v) for i, v in verdicts.items()}
-default = [r.run_id for r in report.pick_four(finished, done_only=True).values() if r is not None]
+default = [r.run_id for r in lab.pick_four(finished, done_only=True).values() if r is not None]
 chosen = st.multiselect(
     "Models", list(by_id), default=default,
-    format_func=lambda i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])} · {trust.label(verdicts[i])}",
+    format_func=lambda i: f"{by_id[i].configuration} · {display.short_label(by_id[i])} · {trust.label(verdicts[i])}",
     help="by default the newest finished run of each of the four configurations; only usable models "
          "enter the ensemble unless you include the others below")
 uploads = st.file_uploader("Fundus photographs (JPEG, PNG, TIFF, WebP, BMP or GIF)", type=UPLOAD_TYPES,
@@ -85,7 +90,7 @@ for run_id in chosen:
 if not predictors:
     st.stop()
 
-labels = {i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])}" for i in predictors}
+labels = {i: f"{by_id[i].configuration} · {display.short_label(by_id[i])}" for i in predictors}
 members = [i for i in predictors if usable[i] or include_all]
 if not any(usable[i] for i in predictors):
     st.error("**None of the chosen models is usable.** What they say below is not a grade: "
@@ -122,12 +127,12 @@ def other_warnings(k: int) -> list[str]:
 
 
 def cam(run_id: str, k: int, grade: int) -> None:
-    from retino_core.ood import field_of_view_mask
+    from retino_core.judging.photo import field_of_view_mask
 
-    shown = viz.display_image(images[k].copy(), OVERLAY_SIDE)  # small ones up, large ones down
+    shown = figures.display_image(images[k].copy(), OVERLAY_SIDE)  # small ones up, large ones down
     shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
     heat = predictors[run_id].grad_cam(shown, target=grade)
-    st.plotly_chart(viz.cam_figure(shown, heat, field_of_view_mask(shown), opacity),
+    st.plotly_chart(figures.cam_figure(shown, heat, field_of_view_mask(shown), opacity),
                     width="stretch", key=f"cam-{run_id}-{k}", config={"displayModeBar": False})
     layer, _, grid = predictors[run_id].cam_layer()
     st.caption(f"Grad-CAM for {GRADE_NAMES[grade]} ({layer}, {grid[0]}×{grid[1]} cells; "
@@ -140,14 +145,14 @@ def model_card(run_id: str, k: int) -> None:
     verdict = verdicts[run_id]
     with st.container(border=True):
         if usable[run_id]:
-            st.markdown(f"**{labels[run_id]}** · {viz.verdict_badge(verdict)}  \ngrade **{g} · {GRADE_NAMES[g]}** "
-                        f"({viz.percent(float(probs[run_id][k, g]))})")
+            st.markdown(f"**{labels[run_id]}** · {display.verdict_badge(verdict)}  \ngrade **{g} · {GRADE_NAMES[g]}** "
+                        f"({display.percent(float(probs[run_id][k, g]))})")
         else:
-            st.markdown(f":gray[**{labels[run_id]}**] · {viz.verdict_badge(verdict)}  \n"
-                        f":gray[would say {g} · {GRADE_NAMES[g]} ({viz.percent(float(probs[run_id][k, g]))})]")
+            st.markdown(f":gray[**{labels[run_id]}**] · {display.verdict_badge(verdict)}  \n"
+                        f":gray[would say {g} · {GRADE_NAMES[g]} ({display.percent(float(probs[run_id][k, g]))})]")
             st.caption(trust.warning(verdict))
         if len(predictors) > 1 or not members:  # a single usable model's bars are the answer's, above
-            st.plotly_chart(viz.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
+            st.plotly_chart(figures.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
                                                    colours=None if usable[run_id] else ["#b0b0b0"]),
                             width="stretch", key=f"p-{run_id}-{k}")
         st.caption(predictors[run_id].domain())
@@ -160,7 +165,7 @@ def detail(k: int) -> None:
     grade = int(ensemble[k].argmax())
     single = len(answering) == 1
     photo, answer = st.columns([1, 2])
-    photo.image(viz.display_image(images[k], OVERLAY_SIDE), caption=names[k], width=OVERLAY_SIDE)
+    photo.image(figures.display_image(images[k], OVERLAY_SIDE), caption=names[k], width=OVERLAY_SIDE)
     foreign = out_of_distribution(k)
     with answer:
         title = labels[answering[0]] if single else f"Ensemble of {len(answering)} models"
@@ -171,13 +176,13 @@ def detail(k: int) -> None:
             st.markdown(f":gray[Not a grade: models that are not usable would say {grade} · {GRADE_NAMES[grade]}.]")
         else:
             st.metric(f"{title}: predicted grade", f"{grade} · {GRADE_NAMES[grade]}")
-            st.caption(f"P(referable DR, grade ≥ 2) = {viz.percent(float(ensemble[k, 2:].sum()))}"
+            st.caption(f"P(referable DR, grade ≥ 2) = {display.percent(float(ensemble[k, 2:].sum()))}"
                        + (" · bars show the lowest to highest probability among the models" if not single else ""))
         for line in other_warnings(k):
             st.caption(f":material/info: {line}")
         if not single and members and not foreign:
             votes = [int(probs[i][k].argmax()) for i in answering]
-            spread = viz.percent(float((high[k] - low[k]).max()))
+            spread = display.percent(float((high[k] - low[k]).max()))
             if len(set(votes)) == 1:
                 st.success(f"The models agree. Largest spread of a probability between them: {spread}.")
             else:
@@ -185,7 +190,7 @@ def detail(k: int) -> None:
                     f"{labels[i]} says {GRADE_NAMES[v]}" for i, v in zip(answering, votes))
                     + f". Largest spread of a probability between them: {spread}.")
         if members and not foreign:
-            st.plotly_chart(viz.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
+            st.plotly_chart(figures.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
                                                    None if single else (low[k], high[k])),
                             width="stretch", key=f"ens-{k}")
     with st.expander("What the models would say anyway (not a grade)", expanded=False) if (foreign or not members) \

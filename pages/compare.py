@@ -3,9 +3,14 @@ whole comparison as a downloadable report."""
 
 import streamlit as st
 
-from retino_core import comparison, report, runs, trust, viz
+from retino_core.judging import comparison
+from retino_core import runs
+from retino_core.judging import trust
 
 from pages import through_the_app
+from retino_core.report import lab
+from retino_core.report import figures
+from retino_core.report import display
 
 through_the_app(__file__)
 
@@ -25,12 +30,12 @@ def stamp(run: runs.RunInfo | None) -> tuple | None:
 # build the same ones: they are built once for all sessions, for as long as the runs' stamps hold.
 @st.cache_resource(show_spinner=False, max_entries=16)
 def figures_of(stamps: tuple, _four: dict, normalize: bool) -> dict:
-    return report.figures(_four, normalize)
+    return lab.comparison_figures(_four, normalize)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def parallel_figure(stamps: tuple, _hyper, metric: str):
-    return viz.parallel_coordinates(_hyper, metric)
+    return figures.parallel_coordinates(_hyper, metric)
 
 
 @st.cache_data(show_spinner="Comparing every pair on the shared test images…", max_entries=16)
@@ -43,22 +48,22 @@ def pairs_of(chosen: tuple, _stamp: float = 0.0):
 st.title("Compare")
 
 all_runs = runs.list_runs()
-specs = report.datasets(all_runs)
+specs = lab.datasets(all_runs)
 if not specs:
     st.info("Nothing to compare yet: train the four configurations (Overview → Train all four), "
             "then come back.")
     st.page_link("pages/overview.py", label="Go to Overview", icon=":material/dashboard:")
     st.stop()
 
-current = st.session_state.get("data") or report.default_data(all_runs)
+current = st.session_state.get("data") or lab.default_data(all_runs)
 left, right = st.columns([2, 3])
 data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
-                      format_func=viz.data_label, help="only runs trained on the same data are compared")
-four = report.pick_four(all_runs, data, done_only=True)
-pending = report.not_done(all_runs, data)  # what the configurations without a finished run are doing
+                      format_func=display.data_label, help="only runs trained on the same data are compared")
+four = lab.pick_four(all_runs, data, done_only=True)
+pending = lab.not_done(all_runs, data)  # what the configurations without a finished run are doing
 with right.expander("Runs compared (newest finished of each configuration)"):
-    for name in report.CONFIGURATIONS:
-        options = [r for r in all_runs if r.state == "done" and r.configuration == name and report.same_data(r, data)]
+    for name in lab.CONFIGURATIONS:
+        options = [r for r in all_runs if r.state == "done" and r.configuration == name and lab.same_data(r, data)]
         if options:
             ids = [r.run_id for r in options]
             picked = st.selectbox(name, ids, key=f"compare-{name}")
@@ -66,7 +71,7 @@ with right.expander("Runs compared (newest finished of each configuration)"):
         else:
             st.caption(f"{name}: {pending.get(name, 'not trained on this dataset')}")
 
-frame = report.comparison_frame(four, all_runs, data)
+frame = lab.comparison_frame(four, all_runs, data)
 trained = frame["test_acc"].notna().sum()
 if trained < 4:
     st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "
@@ -80,19 +85,19 @@ metric = st.radio("Accuracy in the table", ["test_acc_verdict", "best_test_acc_o
                        "set flatters a model: it is chosen on the very data it is scored on.")
 left, right = st.columns([3, 2])
 left.markdown("**Test accuracy**")
-left.table(report.table_2x2(frame, metric).map(viz.percent if metric != "test_acc_verdict" else lambda v: v or "–"))
+left.table(lab.table_2x2(frame, metric).map(display.percent if metric != "test_acc_verdict" else lambda v: v or "–"))
 right.markdown("**Quadratic weighted kappa (test)**")
-right.table(report.table_2x2(frame, "test_qwk_ci_shown").map(lambda v: v or "–"))
-baselines = {viz.percent(b) for b in frame["test_majority_acc"].dropna()}
+right.table(lab.table_2x2(frame, "test_qwk_ci_shown").map(lambda v: v or "–"))
+baselines = {display.percent(b) for b in frame["test_majority_acc"].dropna()}
 if baselines:
     st.caption(f"Majority-class baseline (always the commonest grade): {', '.join(sorted(baselines))} of test images. "
-               + report.VERDICT_RULES)
+               + lab.VERDICT_RULES)
 not_usable = frame[frame["verdict"].notna() & (frame["verdict"] != trust.USABLE)]
 if not not_usable.empty:
     kind = "error" if (frame["verdict"].dropna() != trust.USABLE).all() else "warning"
     getattr(st, kind)("**Not to be trusted:** " + "; ".join(
         f"{r['configuration']} is {r['verdict']}" for _, r in not_usable.iterrows()) + ". Reasons below.")
-for line in report.findings(frame):
+for line in lab.findings(frame):
     st.markdown(f"- {line}")
 
 st.subheader("Is the difference real?")
@@ -100,7 +105,7 @@ pairs = pairs_of(tuple((name, run.run_id if run else None) for name, run in four
 if pairs.empty:
     st.caption("Two finished configurations are needed for a comparison.")
 else:
-    st.caption(report.PAIRS_NOTE)
+    st.caption(lab.PAIRS_NOTE)
     for sentence in pairs.get("finding", []):
         st.markdown(f"- {sentence}")
     st.dataframe(pairs.drop(columns=["finding"]), hide_index=True, width="stretch",
@@ -114,16 +119,16 @@ with st.expander("All numbers"):
         for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
 
 normalize = st.toggle("Confusion matrices row-normalised", value=True)
-figures = figures_of(tuple(stamp(run) for run in four.values()), four, normalize)
+figs = figures_of(tuple(stamp(run) for run in four.values()), four, normalize)
 columns = st.columns(2)
-for i, arch in enumerate(report.COLUMN_NAMES):
-    fig = figures.get(f"accuracy_{arch}")
+for i, arch in enumerate(lab.COLUMN_NAMES):
+    fig = figs.get(f"accuracy_{arch}")
     if fig is None:
-        columns[i].info(f"No finished {report.COLUMN_NAMES[arch]} run on this dataset.")
+        columns[i].info(f"No finished {lab.COLUMN_NAMES[arch]} run on this dataset.")
     else:
         columns[i].plotly_chart(fig, width="stretch", key=f"acc-{arch}")
-if "confusion" in figures:
-    st.plotly_chart(figures["confusion"], width="stretch", key="confusion-grid")
+if "confusion" in figs:
+    st.plotly_chart(figs["confusion"], width="stretch", key="confusion-grid")
 
 st.subheader("Configurations")
 done = [r for r in all_runs if r.state == "done"]
@@ -151,6 +156,6 @@ else:
     st.caption("Two finished runs are needed for a side-by-side of their configurations.")
 
 st.download_button("Download the comparison report (zip: Markdown, HTML with figures, CSV)",
-                   data=lambda: report.build_report(four, data, normalize, all_runs),
+                   data=lambda: lab.build_report(four, data, normalize, all_runs),
                    file_name="retino_comparison.zip", mime="application/zip", icon=":material/download:",
                    disabled=trained == 0)

@@ -4,9 +4,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import evaluation, metrics, runs, trust, viz
+from retino_core.judging import metrics
+from retino_core import runs
+from retino_core.judging import trust
 
 from pages import through_the_app
+from retino_core.report import figures  # noqa: E402
+from retino_core.report import display  # noqa: E402
+from retino_core.judging import operating  # noqa: E402
 
 through_the_app(__file__)
 
@@ -14,8 +19,8 @@ through_the_app(__file__)
 @st.cache_data(show_spinner="Grading the validation and test images with flips…", max_entries=8)
 def tta_metrics(run_dir: str, mtime: float) -> pd.DataFrame:  # noqa: ARG001 - mtime keys the cache
     """Metrics without and with flip TTA on validation and test, from the best checkpoint."""
-    from retino_core.data import source_of
-    from retino_core.predict import Predictor
+    from retino_core.data.sources import source_of
+    from retino_core.grading.predictor import Predictor
 
     run = runs.load_run(run_dir)
     predictor = Predictor.from_run(run_dir)
@@ -48,7 +53,7 @@ if not finished:
 
 by_id = {r.run_id: r for r in finished}
 run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
-scores = evaluation.load_scores(run.path)
+scores = operating.load_scores(run.path)
 if "test" not in scores:
     st.warning("This run's predictions.csv has no test rows; nothing to evaluate.")
     st.stop()
@@ -60,11 +65,11 @@ s = run.summary
 kind, text = trust.notice(trust.of_summary(s))
 getattr(st, kind)(text)
 c = st.columns(5)
-c[0].metric("test accuracy", viz.percent(s.get("test_acc")), help=f"majority baseline {viz.percent(s.get('test_majority_acc'))}")
-c[1].metric("QWK", viz.number(s.get("test_qwk")))
-c[2].metric("macro F1", viz.number(s.get("test_macro_f1")))
-c[3].metric("macro AUC", viz.number(s.get("test_auc")))
-c[4].metric("referable-DR AUC", viz.number(s.get("test_referable_auc")), help="grade ≥ 2 against the rest, "
+c[0].metric("test accuracy", display.percent(s.get("test_acc")), help=f"majority baseline {display.percent(s.get('test_majority_acc'))}")
+c[1].metric("QWK", display.number(s.get("test_qwk")))
+c[2].metric("macro F1", display.number(s.get("test_macro_f1")))
+c[3].metric("macro AUC", display.number(s.get("test_auc")))
+c[4].metric("referable-DR AUC", display.number(s.get("test_referable_auc")), help="grade ≥ 2 against the rest, "
             "scored by the summed probabilities of grades 2-4")
 
 st.subheader("Referable DR operating point")
@@ -73,8 +78,8 @@ calibrated = st.toggle("Calibrated probabilities", value=True,
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
-target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, evaluation.TARGET_SENSITIVITY, 0.01)
-suggested = evaluation.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
+target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, operating.TARGET_SENSITIVITY, 0.01)
+suggested = operating.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
     # A new run, calibration or target starts from the threshold chosen on validation.
     st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(suggested, 3))
@@ -84,29 +89,29 @@ left.button("Back to the validation threshold", on_click=st.session_state.update
 threshold = left.slider("Refer when P(grade ≥ 2) ≥", 0.0, 1.0, step=0.005, key="eval_threshold")
 op = metrics.operating_point(test.labels, test_probs, threshold)
 m = left.columns(2)
-m[0].metric("sensitivity", viz.percent(op["sensitivity"]))
-m[1].metric("specificity", viz.percent(op["specificity"]))
-m[0].metric("PPV", viz.percent(op["ppv"]))
-m[1].metric("NPV", viz.percent(op["npv"]))
+m[0].metric("sensitivity", display.percent(op["sensitivity"]))
+m[1].metric("specificity", display.percent(op["specificity"]))
+m[0].metric("PPV", display.percent(op["ppv"]))
+m[1].metric("NPV", display.percent(op["npv"]))
 left.dataframe(pd.DataFrame({"referred": [op["tp"], op["fp"]], "not referred": [op["fn"], op["tn"]]},
                             index=["referable (grade ≥ 2)", "not referable"]), width="stretch")
 curves = {"test": metrics.referable_roc(test.labels, test_probs)}
 if val:
     curves["validation"] = metrics.referable_roc(val.labels, val.probs(t))
-right.plotly_chart(evaluation.referable_roc_figure(curves, op), width="stretch")
+right.plotly_chart(figures.referable_roc_figure(curves, op), width="stretch")
 with st.expander("Reference operating points"):
     st.dataframe(pd.DataFrame([{"system": r.label, "sensitivity": r.sensitivity, "specificity": r.specificity,
-                                "source": r.source} for r in evaluation.REFERENCE_POINTS]),
+                                "source": r.source} for r in operating.REFERENCE_POINTS]),
                  hide_index=True, width="stretch")
     st.caption("Published on other populations, cameras and reference standards; shown for orientation, "
                "not as a like-for-like comparison.")
 
 st.subheader("Calibration")
 left, right = st.columns([2, 1])
-left.plotly_chart(evaluation.reliability_figure(test.labels, {"uncalibrated": test.probs(1.0),
+left.plotly_chart(figures.reliability_figure(test.labels, {"uncalibrated": test.probs(1.0),
                                                              f"T = {temperature:.2f}": test.probs(temperature)}),
                   width="stretch")
-right.dataframe(pd.DataFrame(evaluation.calibration_table(scores, temperature)).round(4), hide_index=True,
+right.dataframe(pd.DataFrame(operating.calibration_table(scores, temperature)).round(4), hide_index=True,
                 width="stretch")
 right.caption("Temperature scaling divides the logits by one number fitted on validation: it changes how "
               "confident the probabilities are, never which grade wins.")

@@ -3,9 +3,11 @@ every second while something trains (an st.fragment that polls; no loops)."""
 
 import streamlit as st
 
-from retino_core import runs, viz
+from retino_core import runs
 
 from pages import through_the_app
+from retino_core.report import figures
+from retino_core.report import display
 
 through_the_app(__file__)
 
@@ -22,7 +24,7 @@ active = [r.run_id for r in all_runs if r.state in runs.ACTIVE_STATES]
 default = active or [r.run_id for r in all_runs[:4]]
 # Grouped by configuration (a configuration's seeds sit together), newest first within each.
 selected = st.multiselect("Runs", sorted(by_id, key=lambda i: by_id[i].configuration), default=default,
-                          key="live_runs", format_func=lambda i: f"{by_id[i].configuration} · {viz.short_label(by_id[i])}")
+                          key="live_runs", format_func=lambda i: f"{by_id[i].configuration} · {display.short_label(by_id[i])}")
 c = st.columns([2, 2, 1])
 follow = c[0].toggle("Also show every queued or running run", value=True)
 smoothing = c[1].slider("Loss smoothing", 0.0, 0.99, 0.6, 0.01, key="live_smoothing",
@@ -48,14 +50,14 @@ def live_view() -> None:
         st.info("Pick one or more runs above.")
         return
 
-    steps = {viz.short_label(r): runs.step_rows(r.path) for r in shown}
-    epochs = {viz.short_label(r): runs.epoch_rows(r.path) for r in shown}
+    steps = {display.short_label(r): runs.step_rows(r.path) for r in shown}
+    epochs = {display.short_label(r): runs.epoch_rows(r.path) for r in shown}
     for run in shown:
-        label = viz.short_label(run)
-        progress = viz.run_progress(run, steps[label])
+        label = display.short_label(run)
+        progress = display.run_progress(run, steps[label])
         with st.container(border=True):
             head, bar = st.columns([3, 4], vertical_alignment="center")
-            where = viz.slot_text(run)
+            where = display.slot_text(run)
             head.markdown(f"**{label}** · {run.configuration} · :{_COLOUR.get(run.state, 'gray')}[{run.state}]"
                           + (f" · {where}" if where else ""))
             bar.progress(progress.fraction, text=progress.text)
@@ -67,20 +69,20 @@ def live_view() -> None:
             st.info("No numbers yet: a run writes its first training loss a couple of seconds after it starts.")
         else:
             st.info("These runs wrote no numbers: they ended before their first step "
-                    + "; ".join(f"({viz.short_label(r)}: {r.state}{', ' + r.status['error'] if r.status.get('error') else ''})"
+                    + "; ".join(f"({display.short_label(r)}: {r.state}{', ' + r.status['error'] if r.status.get('error') else ''})"
                                 for r in shown) + ".")
         return
-    st.plotly_chart(viz.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)",
+    st.plotly_chart(figures.loss_figure(steps, epochs, title="Loss (training per step, evaluation per epoch)",
                                     smoothing=smoothing, log_scale=log_scale),
                     width="stretch", key="live_loss")
-    baselines = {viz.short_label(r): (r.summary or r.status.get("progress") or {}).get("test_majority_acc")
+    baselines = {display.short_label(r): (r.summary or r.status.get("progress") or {}).get("test_majority_acc")
                  for r in shown}
     if any(epochs.values()):
-        st.plotly_chart(viz.accuracy_figure(epochs, baselines, title="Accuracy per epoch (train, val, test)"),
+        st.plotly_chart(figures.accuracy_figure(epochs, baselines, title="Accuracy per epoch (train, val, test)"),
                         width="stretch", key="live_acc")
     else:
         st.caption("Accuracy appears when the first epoch ends. Majority-class baseline (test): "
-                   + ", ".join(f"{k} {viz.percent(v)}" for k, v in baselines.items() if v is not None))
+                   + ", ".join(f"{k} {display.percent(v)}" for k, v in baselines.items() if v is not None))
 
 
 _COLOUR = {"running": "blue", "queued": "gray", "done": "green", "failed": "red", "interrupted": "orange",

@@ -4,12 +4,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, trust, viz, weights
+from retino_core.training import launch
+from retino_core import runs
+from retino_core.judging import trust
+from retino_core.models import weights
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
-from retino_core.data import DataError, DatasetInvalid, ImageError, open_source
-from retino_core.integrity import describe_patients
+from retino_core.errors import DataError, ImageError
+from retino_core.data.splits import DatasetInvalid
+from retino_core.data.sources import open_source
+from retino_core.data.patients import describe_patients
 
 from pages import runs_at_once, set_runs_at_once, through_the_app
+from retino_core.report import lab
+from retino_core.report import figures
+from retino_core.report import display
 
 through_the_app(__file__)
 
@@ -27,7 +35,7 @@ st.caption("ResNet18 and ResNet50, with and without ImageNet pretraining. Train 
 # ---------------------------------------------------------------- the dataset
 
 st.subheader("Dataset")
-data = st.session_state.setdefault("data", report.default_data(runs.list_runs()))
+data = st.session_state.setdefault("data", lab.default_data(runs.list_runs()))
 with st.form("dataset", border=False):
     left, right = st.columns([4, 1], vertical_alignment="bottom")
     spec = left.text_input(
@@ -50,7 +58,7 @@ with st.form("dataset", border=False):
 def show_dataset(source) -> None:
     counts = source.counts()
     st.markdown(f"**{source.name}** · " + " · ".join(f"{split} {sum(c):,}" for split, c in counts.items())
-                + f" images · always answering the commonest grade scores **{viz.percent(source.majority_share())}** on test")
+                + f" images · always answering the commonest grade scores **{display.percent(source.majority_share())}** on test")
     for note in source.notes:
         st.caption(note)
     for line in describe_patients(source.report.info.get("patients", {})):
@@ -59,13 +67,13 @@ def show_dataset(source) -> None:
         with st.expander(f"{len(source.report.warnings)} warning(s) about this dataset"):
             st.markdown(source.report.markdown())
     left, right = st.columns([3, 2])
-    left.plotly_chart(viz.counts_figure(counts), width="stretch")
+    left.plotly_chart(figures.counts_figure(counts), width="stretch")
     right.dataframe(pd.DataFrame(counts, index=GRADE_NAMES).T, width="stretch")
     train = source.splits["train"]
     first = {grade: int(np.argmax(train.labels == grade)) for grade in range(len(GRADE_NAMES))
              if (train.labels == grade).any()}
     st.caption("One training image of each grade")
-    st.image([viz.display_image(train.image(i)) for i in first.values()],
+    st.image([figures.display_image(train.image(i)) for i in first.values()],
              caption=[f"{g} {GRADE_NAMES[g]}" for g in first], width=112)
 
 
@@ -84,8 +92,8 @@ st.subheader("The four configurations")
 @st.fragment(run_every=2)
 def configuration_cards() -> None:
     all_runs = runs.list_runs()
-    latest = report.pick_four(all_runs, data)
-    finished = report.pick_four(all_runs, data, done_only=True)
+    latest = lab.pick_four(all_runs, data)
+    finished = lab.pick_four(all_runs, data, done_only=True)
     for column, (name, run) in zip(st.columns(4), latest.items()):
         with column.container(border=True):
             st.markdown(f"**{name}**")
@@ -94,13 +102,13 @@ def configuration_cards() -> None:
                 continue
             if run.state in runs.ACTIVE_STATES:
                 steps = runs.step_rows(run.path) if run.state == "running" else []
-                progress = viz.run_progress(run, steps)
+                progress = display.run_progress(run, steps)
                 st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
-                st.caption(viz.slot_text(run))
+                st.caption(display.slot_text(run))
             elif run.state != "done":
                 st.markdown(f":orange[{run.state}]")
                 error = run.status.get("error") or ""
-                st.caption(report.one_line(error, 120))
+                st.caption(lab.one_line(error, 120))
                 if len(error) > 120:
                     with st.expander("Whole message"):
                         st.caption(error)
@@ -112,15 +120,15 @@ def configuration_cards() -> None:
             delta = None if acc is None or base is None else 100 * (acc - base)
             if done is not run:
                 st.caption(f"last finished run: {done.run_id}")
-            st.metric("test accuracy", viz.percent(acc), delta=None if delta is None else f"{delta:+.1f} pts vs majority",
+            st.metric("test accuracy", display.percent(acc), delta=None if delta is None else f"{delta:+.1f} pts vs majority",
                       delta_color="normal" if delta is None or abs(delta) >= 1 else "off",
-                      help=f"majority-class baseline {viz.percent(base)}: always answering the commonest grade")
-            st.metric("QWK", viz.number(s.get("test_qwk")),
+                      help=f"majority-class baseline {display.percent(base)}: always answering the commonest grade")
+            st.metric("QWK", display.number(s.get("test_qwk")),
                       help="quadratic weighted kappa: agreement with the graders, 0 = chance, 1 = perfect")
-            st.caption(f"referable-DR AUC {viz.number(s.get('test_referable_auc'))} · "
-                       f"trained {viz.duration(s.get('train_seconds'))}")
+            st.caption(f"referable-DR AUC {display.number(s.get('test_referable_auc'))} · "
+                       f"trained {display.duration(s.get('train_seconds'))}")
             verdict = trust.of_summary(s)
-            st.markdown(f"verdict: {viz.verdict_badge(verdict)}")
+            st.markdown(f"verdict: {display.verdict_badge(verdict)}")
             if verdict and verdict["reasons"]:
                 st.caption(verdict["reasons"][0])
 
@@ -139,11 +147,11 @@ with st.form("train_four", border=False):
                                        icon=":material/play_arrow:")
 if clicked:
     try:
-        configs = report.four_configs(preset, seeds=int(n_seeds), data=data)
+        configs = lab.four_configs(preset, seeds=int(n_seeds), data=data)
         # Pretrained runs that could not get their ImageNet weights would fail minutes later in the queue.
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
-            st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+            st.error(f"Not queued: {lab.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
         how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:

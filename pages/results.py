@@ -5,9 +5,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from retino_core import runs, trust, viz
+from retino_core import runs
+from retino_core.judging import trust
 from retino_core.config import GRADE_NAMES
-from retino_core.data import DataError, ImageError, source_of
+from retino_core.errors import DataError, ImageError
+from retino_core.data.sources import source_of
+from retino_core.report import figures
+from retino_core.report import display
+from retino_core.grading import export
 
 from pages import through_the_app
 
@@ -26,7 +31,7 @@ def load_source(spec: str, val_fraction: float, seed: int, patient_column: str, 
 # milliseconds to build); the matrix's counts are the key.
 @st.cache_resource(show_spinner=False, max_entries=32)
 def confusion_of(matrix: tuple, normalize: bool, selected: tuple):
-    return viz.confusion_figure(matrix, normalize, selected=selected)
+    return figures.confusion_figure(matrix, normalize, selected=selected)
 
 
 def pick_cell(chart_key: str) -> None:
@@ -65,12 +70,12 @@ if st.session_state.get("cell_for") != (run.run_id, split):
 
 acc, base = s.get("acc"), s.get("majority_acc")
 c = st.columns(5)
-c[0].metric("accuracy", viz.percent(acc),
+c[0].metric("accuracy", display.percent(acc),
             delta=None if acc is None or base is None else f"{100 * (acc - base):+.1f} pts vs majority",
-            help=f"majority-class baseline {viz.percent(base)}: always answering the commonest training grade")
-c[1].metric("QWK", viz.number(s.get("qwk")), help="quadratic weighted kappa: 0 = chance, 1 = perfect agreement")
-c[2].metric("macro AUC", viz.number(s.get("auc")), help="one-vs-rest ROC AUC averaged over the grades")
-c[3].metric("referable-DR AUC", viz.number(s.get("referable_auc")),
+            help=f"majority-class baseline {display.percent(base)}: always answering the commonest training grade")
+c[1].metric("QWK", display.number(s.get("qwk")), help="quadratic weighted kappa: 0 = chance, 1 = perfect agreement")
+c[2].metric("macro AUC", display.number(s.get("auc")), help="one-vs-rest ROC AUC averaged over the grades")
+c[3].metric("referable-DR AUC", display.number(s.get("referable_auc")),
             help="how well P(grade ≥ 2) separates moderate-or-worse from the rest")
 c[4].metric("best epoch", f"{run.summary.get('best_epoch', '–')} / {run.config.get('epochs', '?')}",
             help=f"checkpoint chosen on {run.summary.get('selected_on', '?')} {run.config.get('select_metric', '')}")
@@ -81,7 +86,7 @@ if verdict and verdict.get("split") != split:
     st.caption(f"The verdict rests on the {verdict.get('split')} split; the numbers above are {split}.")
 detector = run.summary.get("ood")
 if detector:
-    st.caption(f"Out-of-distribution check: {viz.percent(detector.get('test_flagged_share'))} of the test photos look "
+    st.caption(f"Out-of-distribution check: {display.percent(detector.get('test_flagged_share'))} of the test photos look "
                f"unlike the training ones to the model (threshold: the {detector.get('calibrated_on')} split's "
                f"{100 * detector.get('quantile', 0.99):.0f}th percentile). Classify does not grade such photos.")
 left, right = st.columns(2)
@@ -115,8 +120,8 @@ with right:
     st.markdown("**Per grade**")
     st.dataframe(per_grade.style.format({"precision": "{:.2f}", "recall": "{:.2f}", "F1": "{:.2f}"}),
                  width="stretch")
-    st.caption(f"macro F1 {viz.number(s.get('macro_f1'))} · {s.get('n', '?')} images · "
-               f"calibration temperature {viz.number(run.summary.get('temperature'), 2)}")
+    st.caption(f"macro F1 {display.number(s.get('macro_f1'))} · {s.get('n', '?')} images · "
+               f"calibration temperature {display.number(run.summary.get('temperature'), 2)}")
 
 st.subheader("Images in a cell")
 c = st.columns(2)
@@ -141,7 +146,7 @@ def gallery() -> None:
         source = load_source(*(run.config.get(k, d) for k, d in (("data", "retinamnist"), ("val_fraction", 0.1),
                                                                  ("seed", 0), ("patient_column", ""),
                                                                  ("patient_regex", ""))))
-        images = [viz.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
+        images = [figures.display_image(source.splits[split].image(int(i))) for i in cell["index"].head(GALLERY_SIZE)]
     except (DataError, ImageError, KeyError, IndexError) as err:
         st.warning(f"The images of this run's dataset cannot be shown: {err}")
         return
@@ -159,7 +164,7 @@ st.caption("The model card says what this grader is for and not for, what it lea
            "did, in Markdown or HTML. The export is the model (ONNX or TorchScript; normalisation, flip averaging "
            "and the temperature inside), preprocessing.json, the card and, for ONNX, predict_onnx.py, which grades "
            "files and folders with only onnxruntime, numpy and Pillow.")
-from retino_core import export, modelcard  # noqa: E402 - torch loads only when a page gets this far
+from retino_core.report import modelcard  # noqa: E402 - torch loads only when a page gets this far
 from retino_core.errors import CheckpointError  # noqa: E402
 
 

@@ -6,12 +6,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from retino_core import launch, report, runs, trust, viz, weights
+from retino_core.training import launch
+from retino_core import runs
+from retino_core.judging import trust
+from retino_core.models import weights
 from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, ConfigError, make_config
-from retino_core.data import DataError, DatasetInvalid, source_of
+from retino_core.errors import DataError
+from retino_core.data.splits import DatasetInvalid
+from retino_core.data.sources import source_of
 from retino_core.errors import WeightsError
 
 from pages import at_once_now, runs_at_once, set_runs_at_once, through_the_app
+from retino_core.report import lab
+from retino_core.report import display
 
 through_the_app(__file__)
 
@@ -30,10 +37,10 @@ preset = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
                            "lab: the lab report's recipe, unchanged (and its collapse)")
 d = PRESETS[preset]
 with st.form("train"):
-    data = st.text_input("Dataset", value=st.session_state.get("data") or report.default_data(runs.list_runs()),
+    data = st.text_input("Dataset", value=st.session_state.get("data") or lab.default_data(runs.list_runs()),
                          help="`retinamnist` (bundled), a lab folder with the four CSVs, or a labels .csv")
     left, right = st.columns(2)
-    arch = left.radio("Architecture", ARCHS, horizontal=True, format_func=report.COLUMN_NAMES.get)
+    arch = left.radio("Architecture", ARCHS, horizontal=True, format_func=lab.COLUMN_NAMES.get)
     pretrained = right.toggle("Start from ImageNet weights", help="needs the weights in the torch cache or internet")
     c = st.columns(5)
     epochs = c[0].number_input("Epochs", 1, 500, d["epochs"], key=f"epochs-{preset}")
@@ -70,7 +77,7 @@ if start or four:
                     weights=weights_file.strip() or None, patient_column=patient_column.strip(),
                     patient_regex=patient_regex.strip())
     try:
-        configs = (report.four_configs(preset, seeds=int(n_seeds), **settings) if four
+        configs = (lab.four_configs(preset, seeds=int(n_seeds), **settings) if four
                    else [make_config(preset, arch=arch, pretrained=pretrained, **settings)])
         first = configs[0]  # the dataset fails here, with every problem listed, not in the queue
         checked = load_source(first.data, first.val_fraction, first.seed, first.patient_column, first.patient_regex)
@@ -81,7 +88,7 @@ if start or four:
         # Runs that need ImageNet weights nobody can fetch would fail minutes later in the queue.
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
-            st.error(f"Not queued: {report.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+            st.error(f"Not queued: {lab.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
         how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except DatasetInvalid as err:  # every problem of the dataset at once, as `validate` lists them
@@ -128,13 +135,13 @@ def run_table() -> None:
     rows = []
     for run in all_runs:
         steps = runs.step_rows(run.path) if run.state == "running" else []
-        progress = viz.run_progress(run, steps)
+        progress = display.run_progress(run, steps)
         acc = run.summary.get("test_acc")
         verdict = trust.of_summary(run.summary) if run.summary else None
         rows.append({"run": run.run_id, "configuration": run.configuration, "state": run.state,
                      "progress": progress.fraction, "test_acc": None if acc is None else 100 * acc,
                      "test_qwk": run.summary.get("test_qwk"), "verdict": trust.label(verdict) if verdict else "",
-                     "data": viz.data_label(run.config.get("data") or ""), "where": viz.slot_text(run),
+                     "data": display.data_label(run.config.get("data") or ""), "where": display.slot_text(run),
                      "status": progress.text if run.state in runs.ACTIVE_STATES else (run.status.get("error") or "")})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
@@ -157,6 +164,11 @@ def run_table() -> None:
         if launch.ensure_worker():
             st.toast("queue worker started for the waiting runs")
 
+    manage(all_runs)
+
+
+def manage(all_runs: list) -> None:
+    """Stop, resume, start again or delete the run picked."""
     by_id = {r.run_id: r for r in all_runs}
     left, b1, b2, b3 = st.columns([4, 1, 1, 1], vertical_alignment="bottom")
     run_id = left.selectbox("Run to manage", list(by_id), key="manage",

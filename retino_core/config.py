@@ -10,7 +10,7 @@ REFERABLE_GRADE = 2  # grade >= 2 (moderate or worse) is referable DR in screeni
 COLLAPSE_SHARE = 0.95  # a model that gives one grade this share of its answers has collapsed
 # The range metrics.fit_temperature searches; a fit at either end means calibration failed.
 TEMPERATURE_RANGE = (0.05, 20.0)
-# torchvision's ImageNet-1k V1 weights (the ones the lab used); models.py checks they match.
+# torchvision's ImageNet-1k V1 weights (the ones the lab used); models/builders.py checks they match.
 IMAGENET_WEIGHT_URLS = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",

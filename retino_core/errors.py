@@ -24,3 +24,15 @@ def refused_load(err: BaseException) -> str:
 
 class Interrupted(BaseException):
     """Raised in the trainer's main thread by SIGTERM: stop now, keep the last checkpoint."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given; the message says what and where."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be decoded into an RGB fundus photograph."""
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or does not match the app's model; the message says which."""

@@ -1,5 +1,6 @@
 """Synthetic run folders in the real layout, written without training (for the app tests and
-bench/pages_bench.py): config, status, metrics rows, summary and predictions."""
+bench/pages_bench.py): config, status, metrics rows, summary and predictions; and opening a page
+of the app in AppTest."""
 
 from __future__ import annotations
 
@@ -9,11 +10,31 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from streamlit.testing.v1 import AppTest
 
 from retino_core import runs
 from retino_core.config import NUM_CLASSES, make_config
-from retino_core.data import open_source
-from retino_core.metrics import classification_metrics, majority_baseline, softmax
+from retino_core.data.sources import open_source
+from retino_core.judging.metrics import classification_metrics, majority_baseline, softmax
+
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything a user reads on the page, as one string."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
+                                  "subheader") for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
 
 
 def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, state: str = "done",

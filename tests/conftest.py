@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from retino_core.data import RETINAMNIST_NPZ  # noqa: E402
+from retino_core.data.images import RETINAMNIST_NPZ  # noqa: E402
 
 TINY = dict(image_size=32, batch_size=8, epochs=1, num_workers=0)
 
@@ -125,7 +125,7 @@ def write_easy_npz(path: Path, counts: tuple[int, int, int] = (200, 60, 60)) -> 
 def train_easy_run(runs_dir: Path, data: Path | None = None) -> Path:
     """A real training run on write_easy_npz's pictures (about 15 s on one core)."""
     from retino_core.config import make_config
-    from retino_core.train import prepare_run, run_training
+    from retino_core.training.lifecycle import prepare_run, run_training
 
     data = data or write_easy_npz(Path(runs_dir).parent / "easy.npz")
     cfg = make_config("cpu", data=str(data), arch="resnet18", name="easy", image_size=32, batch_size=16,
@@ -158,7 +158,7 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real, finished training run (ResNet18, one short epoch on real RetinaMNIST images)."""
     from retino_core.config import make_config
-    from retino_core.train import prepare_run, run_training
+    from retino_core.training.lifecycle import prepare_run, run_training
 
     base = tmp_path_factory.mktemp("session")
     npz = write_tiny_npz(base / "tiny.npz")

@@ -1,0 +1,93 @@
+"""Commands over the run folders: ``runs``, ``compare`` and ``note``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .. import runs
+from .common import EXIT_USAGE, fmt
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("compare", help="is the difference between two runs real? (paired tests on one test set)")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir", type=Path)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("note", help="set a run's notes and tags (kept in its notes.json)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--notes", help="free text (replaces the run's notes)")
+    p.add_argument("--tags", help="comma-separated tags (replace the run's tags)")
+    p.add_argument("--runs-dir", type=Path)
+    p.set_defaults(func=cmd_note)
+
+    p = sub.add_parser("runs", help="table of runs with state and headline metrics")
+    p.add_argument("--runs-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args) -> int:
+    from ..judging import trust
+
+    infos = runs.list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
+                           "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
+                           "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
+                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes}
+                          for r in infos], indent=2))
+        return 0
+    if not infos:
+        print("no runs yet: python -m retino_core train --data retinamnist")
+        return 0
+    header = (f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'majority':>8} "
+              f"{'test_qwk':>8} {'test_auc':>8}  {'verdict':24} tags")
+    print(header)
+    for r in infos:
+        prog = r.status.get("progress") or {}
+        epoch = f"{prog.get('epoch', 0):.0f}/{r.config.get('epochs', '?')}" if prog else f"-/{r.config.get('epochs', '?')}"
+        verdict = trust.label(trust.of_summary(r.summary)) if r.summary else "-"
+        print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {fmt(r.summary.get('test_acc')):>8} "
+              f"{fmt(r.summary.get('test_majority_acc')):>8} {fmt(r.summary.get('test_qwk')):>8} "
+              f"{fmt(r.summary.get('test_auc')):>8}  {verdict:24} {', '.join(r.tags)}".rstrip())
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..judging import comparison, stats
+
+    a, b = (runs.load_run(runs.resolve_run_dir(r, args.runs_dir)) for r in (args.run_a, args.run_b))
+    try:
+        result = comparison.compare_runs(a, b, args.resamples or stats.N_BOOT)
+    except comparison.ComparisonError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    result["sentence"] = stats.verdict_sentence(comparison.label(a), comparison.label(b), result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"A = {a.run_id} ({a.configuration}), B = {b.run_id} ({b.configuration}); "
+          f"{result['n']} shared test images, {result['resamples']} paired bootstrap resamples")
+    for m, found in result["metrics"].items():
+        ci = found["ci"]
+        shown = "-" if ci is None else f"{found['diff']:+.4f}  95 % CI {ci[0]:+.4f} to {ci[1]:+.4f}"
+        print(f"  {stats.METRIC_NAMES[m]:17} A {fmt(found['a'])}  B {fmt(found['b'])}  A - B {shown}")
+    mc = result["mcnemar"]
+    print(f"  McNemar exact test: {mc['only_a_right']} images only A gets right, {mc['only_b_right']} only B; "
+          f"p = {mc['p']:.3g}")
+    print(result["sentence"])
+    return 0
+
+
+def cmd_note(args) -> int:
+    run = runs.load_run(runs.resolve_run_dir(args.run, args.runs_dir))
+    body = runs.write_notes(run.path, run.notes if args.notes is None else args.notes,
+                            run.tags if args.tags is None else args.tags)
+    print(f"{run.run_id}: tags {', '.join(body['tags']) or '-'}; notes {len(body['notes'])} characters")
+    return 0

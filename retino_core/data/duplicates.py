@@ -1,0 +1,198 @@
+"""Duplicate images: a hash of the decoded pixels (exact copies) and a near-copy hash of every
+image, cached by path + size + mtime, and the pairs they reveal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .problems import Report, first
+
+CACHE_NAME = ".retino-hashes.json"
+
+
+CACHE_VERSION = 1
+
+
+HASH_SIDE = 16  # difference hash of a 17x16 grey thumbnail: 256 bits
+
+
+NEAR_BITS = 12  # at most this many of the 256 bits differ: a resized or re-encoded copy
+
+
+PARALLEL_FROM = 200  # fewer images than this are hashed in this process
+
+
+def dhash(img: Image.Image, side: int = HASH_SIDE) -> str:
+    """Difference hash: is each pixel of a (side+1) x side grey thumbnail brighter than its left neighbour."""
+    grey = np.asarray(img.convert("L").resize((side + 1, side), Image.Resampling.BOX), dtype=np.int16)
+    return np.packbits(grey[:, 1:] > grey[:, :-1]).tobytes().hex()
+
+
+def pixel_hash(arr: np.ndarray) -> str:
+    """Exact-copy hash of decoded pixels (the shape included)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(path: str) -> tuple[str, str, str]:
+    """(pixel hash, difference hash, '') of an image file, or ('', '', why it cannot be used)."""
+    from ..errors import ImageError
+    from .images import load_image
+
+    try:
+        img = load_image(path)
+    except ImageError as err:
+        return "", "", str(err)
+    return pixel_hash(np.asarray(img)), dhash(img), ""
+
+
+def cache_file(root: Path | None) -> Path:
+    """Next to the dataset when its folder is writable, else in the runs folder."""
+    from ..runs import default_runs_dir
+
+    folder = None if root is None else (root if root.is_dir() else root.parent)
+    if folder is not None and os.access(folder, os.W_OK):
+        return folder / (CACHE_NAME if root.is_dir() else f".retino-hashes-{root.stem}.json")
+    key = hashlib.blake2b(str(root).encode(), digest_size=8).hexdigest()
+    return default_runs_dir() / ".cache" / f"hashes-{key}.json"
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_cache(path: Path) -> dict[str, list]:
+    try:
+        body = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(body, dict) or body.get("version") != CACHE_VERSION or not isinstance(body.get("entries"), dict):
+        return {}
+    return body["entries"]
+
+
+def hash_files(paths: Sequence[Path], cache: Path | None, workers: int | None = None,
+               progress: bool = False) -> tuple[list[tuple[str, str, str]], int]:
+    """Fingerprint every file, reusing cached entries whose size and mtime still match.
+
+    Returns the fingerprints (in order) and how many came from the cache.
+    """
+    from ..runs import write_json
+
+    entries = read_cache(cache) if cache else {}
+    keys = [_stat_key(p) for p in paths]
+    out: list[tuple[str, str, str] | None] = [None] * len(paths)
+    todo = []
+    for i, (p, key) in enumerate(zip(paths, keys)):
+        hit = entries.get(str(p))
+        if key is not None and hit and hit[:2] == key:
+            out[i] = tuple(hit[2:5])
+        else:
+            todo.append(i)
+    reused = len(paths) - len(todo)
+    workers = workers or os.cpu_count() or 1
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), initial=reused, unit="img", desc="decoding and hashing",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        todo_paths = [str(paths[i]) for i in todo]
+        if workers > 1 and len(todo) >= PARALLEL_FROM:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                results: Iterable = pool.map(fingerprint, todo_paths, chunksize=32)
+                for i, fp in zip(todo, results):
+                    out[i] = fp
+                    bar.update()
+        else:
+            for i, p in zip(todo, todo_paths):
+                out[i] = fingerprint(p)
+                bar.update()
+    if cache and todo:
+        fresh = {str(p): [*key, *fp] for p, key, fp in zip(paths, keys, out) if key is not None}
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, {"version": CACHE_VERSION, "entries": {**entries, **fresh}})
+        except OSError as err:  # a read-only place: the check still stands, only slower next time
+            print(f"note: hash cache not written to {cache}: {err.strerror or err}", file=sys.stderr)
+    return out, reused  # type: ignore[return-value]
+
+
+def _hash_matrix(hexes: Sequence[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(bytes.fromhex(h) for h in hexes), dtype=np.uint64).reshape(len(hexes), -1)
+
+
+def near_pairs(hexes: Sequence[str], max_bits: int = NEAR_BITS, chunk: int = 64) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose difference hashes differ in at most ``max_bits`` bits."""
+    if len(hexes) < 2:
+        return []
+    m = _hash_matrix(hexes)
+    pairs = []
+    for start in range(0, len(m), chunk):
+        # The first 64 bits differ in no more bits than all 256: a cheap filter before the full count.
+        close = np.bitwise_count(m[start:start + chunk, :1] ^ m[None, start:, 0]) <= max_bits
+        ii, jj = np.nonzero(close)
+        keep = jj > ii  # the upper triangle only: not a pair with itself, each pair once
+        ii, jj = ii[keep] + start, jj[keep] + start
+        dist = np.bitwise_count(m[ii] ^ m[jj]).sum(-1)
+        pairs += [(int(i), int(j)) for i, j, d in zip(ii, jj, dist) if d <= max_bits]
+    return pairs
+
+
+def report_duplicates(report: Report, items: Sequence[tuple[str, str, str, str]],
+                      allow_cross: bool = False) -> dict:
+    """Exact and near-duplicate images inside and across splits, from (split, name, pixel hash, dhash).
+
+    Exact copies across splits are errors (test images the model trained on) unless
+    ``allow_cross``; the rest are warnings.
+    """
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, (_, _, h, _) in enumerate(items):
+        by_hash[h].append(i)
+    cross, inside = [], []
+    for members in by_hash.values():
+        if len(members) < 2:
+            continue
+        text = " = ".join(f"{items[i][0]}/{items[i][1]}" for i in members[:4])
+        (cross if len({items[i][0] for i in members}) > 1 else inside).append(text)
+    # Near copies: one representative per exact hash, so an exact copy is not also counted as near.
+    reps = [members[0] for members in by_hash.values()]
+    near_cross, near_inside = [], []
+    for a, b in near_pairs([items[i][3] for i in reps]):
+        i, j = reps[a], reps[b]
+        text = f"{items[i][0]}/{items[i][1]} ~ {items[j][0]}/{items[j][1]}"
+        (near_cross if items[i][0] != items[j][0] else near_inside).append(text)
+    if cross:
+        report.add("identical images in two splits", "splits",
+                   f"{len(cross):,} image(s) appear in more than one split (test leakage): {first(cross, 3)}",
+                   cross, "warning" if allow_cross else "error")
+    if near_cross:
+        report.add("near-identical images in two splits", "splits",
+                   f"{len(near_cross):,} pair(s) look like resized or re-encoded copies across splits: "
+                   f"{first(near_cross, 3)}", near_cross, "warning")
+    if inside:
+        report.add("identical images inside a split", "splits",
+                   f"{len(inside):,} image(s) are listed more than once under different names: {first(inside, 3)}",
+                   inside, "warning")
+    if near_inside:
+        report.add("near-identical images inside a split", "splits",
+                   f"{len(near_inside):,} pair(s) look like copies of each other: {first(near_inside, 3)}",
+                   near_inside, "warning")
+    return {"identical_across_splits": len(cross), "near_across_splits": len(near_cross),
+            "identical_inside_splits": len(inside), "near_inside_splits": len(near_inside)}

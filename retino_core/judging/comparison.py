@@ -1,0 +1,202 @@
+"""Runs against runs: intervals, paired tests on one test set, seeds, configuration diffs.
+
+Read from run folders only (summary.json, predictions.csv, config.json); no torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import runs
+from . import stats
+
+# Fields that name or date a run rather than change what it trains.
+IDENTITY_FIELDS = ("name", "created", "seed")
+
+
+class ComparisonError(ValueError):
+    """Two runs that cannot be compared (different test sets, no predictions)."""
+
+
+@dataclass
+class TestSet:
+    names: list[str]
+    labels: np.ndarray
+    probs: np.ndarray  # (N, 5) as the run's metrics were computed (flip-averaged when it used TTA)
+
+
+def test_set(run: runs.RunInfo) -> TestSet:
+    """A run's test images, grades and probabilities from its predictions.csv."""
+    frame = runs.read_predictions(run.path)
+    if frame is None:
+        raise ComparisonError(f"run {run.run_id} has no predictions.csv (it has not finished)")
+    test = frame[frame["split"] == "test"].sort_values("index")
+    if test.empty:
+        raise ComparisonError(f"run {run.run_id} has no test predictions")
+    probs = test[[f"p{c}" for c in range(5)]].to_numpy(dtype=np.float64)
+    return TestSet(test["name"].astype(str).tolist(), test["label"].to_numpy(dtype=np.int64), probs)
+
+
+def check_same_test_set(a: runs.RunInfo, b: runs.RunInfo, ta: TestSet, tb: TestSet) -> None:
+    """Refuse, naming the difference, two runs not scored on the same images and grades."""
+    if ta.names != tb.names:
+        only_a = sorted(set(ta.names) - set(tb.names))
+        detail = (f"{len(only_a)} of {a.run_id}'s {len(ta.names)} test images are not among {b.run_id}'s "
+                  f"{len(tb.names)}" if only_a else f"they hold {len(ta.names)} and {len(tb.names)} images in a different order")
+        raise ComparisonError(f"runs {a.run_id} and {b.run_id} were tested on different test sets ({detail}): "
+                              "a paired comparison needs the same images; train both on the same data")
+    if not np.array_equal(ta.labels, tb.labels):
+        raise ComparisonError(f"runs {a.run_id} and {b.run_id} list the same test images with different grades")
+
+
+def compare_runs(a: runs.RunInfo, b: runs.RunInfo, n_boot: int = stats.N_BOOT, seed: int = stats.SEED) -> dict:
+    """A minus B on their shared test set: paired-bootstrap intervals and McNemar's exact test."""
+    ta, tb = test_set(a), test_set(b)
+    check_same_test_set(a, b, ta, tb)
+    result = stats.paired_comparison(ta.labels, ta.probs, tb.probs, n_boot, seed)
+    result.update(run_a=a.run_id, run_b=b.run_id)
+    return result
+
+
+def label(run: runs.RunInfo) -> str:
+    """ResNet50-pretrained, as a sentence names a run."""
+    return f"{run.arch.replace('resnet', 'ResNet')}-{'pretrained' if run.pretrained else 'scratch'}"
+
+
+def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT) -> list[dict]:
+    """Every pair of the chosen runs: the comparison, Holm-adjusted McNemar p over the pairs
+    that could be compared, and a sentence; a pair on different test sets says why not.
+
+    Each run is resampled once (the same counts for every run on one test set) and paired
+    from that, not once per pair.
+    """
+    done = [(name, run) for name, run in chosen.items() if run is not None]
+    found: dict[str, TestSet | ComparisonError] = {}
+    for _, run in done:
+        try:
+            found[run.run_id] = test_set(run)
+        except ComparisonError as err:
+            found[run.run_id] = err
+    counts: dict[tuple, np.ndarray] = {}
+    resampled: dict[str, dict] = {}
+
+    def resampled_of(run: runs.RunInfo) -> dict:
+        if run.run_id not in resampled:
+            t = found[run.run_id]
+            key = tuple(t.names)
+            if key not in counts:
+                counts[key] = stats.bootstrap_counts(t.labels, n_boot, stats.SEED)
+            resampled[run.run_id] = stats.resample(t.labels, t.probs, counts[key])
+        return resampled[run.run_id]
+
+    out = []
+    for (name_a, a), (name_b, b) in itertools.combinations(done, 2):
+        row = {"a": name_a, "b": name_b, "run_a": a.run_id, "run_b": b.run_id}
+        try:
+            for run in (a, b):
+                if isinstance(found[run.run_id], ComparisonError):
+                    raise found[run.run_id]
+            check_same_test_set(a, b, found[a.run_id], found[b.run_id])
+            row["result"] = stats.paired_from(resampled_of(a), resampled_of(b))
+        except ComparisonError as err:
+            row["refused"] = str(err)
+        out.append(row)
+    compared = [r for r in out if "result" in r]
+    adjusted = stats.holm([r["result"]["mcnemar"]["p"] for r in compared])
+    for row, p in zip(compared, adjusted):
+        row["p_holm"] = p
+        row["sentence"] = stats.verdict_sentence(label(chosen[row["a"]]), label(chosen[row["b"]]), row["result"], p)
+    return out
+
+
+def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
+    """One row per pair for a table: differences with intervals, p-values, the sentence."""
+    rows = []
+    for p in pairs:
+        if "refused" in p:
+            rows.append({"A": p["a"], "B": p["b"], "finding": p["refused"]})
+            continue
+        m = p["result"]["metrics"]
+        rows.append({"A": p["a"], "B": p["b"],
+                     "accuracy A − B": _diff(m["acc"], 100, " pts"), "QWK A − B": _diff(m["qwk"]),
+                     "macro AUC A − B": _diff(m["auc"]),
+                     "McNemar p": p["result"]["mcnemar"]["p"], "Holm p": p["p_holm"], "finding": p["sentence"]})
+    return pd.DataFrame(rows)
+
+
+def _diff(m: dict, scale: float = 1.0, unit: str = "") -> str:
+    if m["ci"] is None:
+        return "–"
+    digits = 1 if scale == 100 else 3
+    return (f"{stats.signed(m['diff'], scale, digits)}{unit} ({stats.signed(m['ci'][0], scale, digits)} to "
+            f"{stats.signed(m['ci'][1], scale, digits)})")
+
+
+def intervals(run: runs.RunInfo) -> dict:
+    """The run's bootstrap intervals (``test_acc_ci`` ...): stored in summary.json, or computed
+    now from predictions.csv for a run trained before they were."""
+    if run.summary.get("test_acc_ci"):
+        return {k: v for k, v in run.summary.items() if k.endswith("_ci") or k == "test_ci_resamples"}
+    try:
+        found = test_set(run)
+    except ComparisonError:
+        return {}
+    return stats.confidence_intervals(found.labels, found.probs, "test_", seed=int(run.config.get("seed", 0)))
+
+
+def recipe(config: dict) -> dict:
+    """A configuration without the fields that only name, date or seed a run."""
+    return {k: v for k, v in config.items() if k not in IDENTITY_FIELDS}
+
+
+def replicates(run: runs.RunInfo, all_runs: list[runs.RunInfo]) -> list[runs.RunInfo]:
+    """Finished runs with ``run``'s recipe and data (any seed), ``run`` first; one per seed."""
+    same = [r for r in all_runs if r.state == "done" and r.summary and recipe(r.config) == recipe(run.config)]
+    by_seed: dict = {run.config.get("seed"): run}
+    for r in same:  # newest first: the newest run of each seed
+        by_seed.setdefault(r.config.get("seed"), r)
+    return list(by_seed.values())
+
+
+def seed_spread(run: runs.RunInfo, all_runs: list[runs.RunInfo],
+                metrics: tuple[str, ...] = ("test_acc", "test_qwk", "test_auc")) -> dict:
+    """Mean and sample standard deviation of each metric over the run's seeds (n >= 1)."""
+    group = replicates(run, all_runs)
+    out: dict = {"seeds": len(group), "seed_values": [r.config.get("seed") for r in group]}
+    for m in metrics:
+        values = np.array([r.summary.get(m) for r in group if r.summary.get(m) is not None], dtype=float)
+        out[f"{m}_mean"] = float(values.mean()) if len(values) else None
+        out[f"{m}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def config_diff(a: dict, b: dict) -> pd.DataFrame:
+    """Two configurations side by side: the fields that differ first, then the rest."""
+    keys = sorted(set(a) | set(b))
+    rows = [{"setting": k, "A": _show(a.get(k, "–")), "B": _show(b.get(k, "–")), "differs": a.get(k) != b.get(k)}
+            for k in keys if k != "created"]
+    frame = pd.DataFrame(rows, columns=["setting", "A", "B", "differs"])
+    return frame.sort_values(["differs", "setting"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _show(value) -> str:
+    return "–" if value is None else str(value)
+
+
+HYPERPARAMETERS = ("arch", "pretrained", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "scheduler",
+                   "image_size", "augment", "loss", "label_smoothing", "ema", "sampler", "preprocess", "tta", "seed")
+
+
+def hyperparameter_frame(all_runs: list[runs.RunInfo], metric: str = "test_qwk") -> pd.DataFrame:
+    """One row per finished run: its hyperparameters and ``metric`` (for parallel coordinates)."""
+    rows = []
+    for r in all_runs:
+        if r.state != "done" or r.summary.get(metric) is None:
+            continue
+        row = {"run": r.run_id, **{k: r.config.get(k) for k in HYPERPARAMETERS}, metric: r.summary.get(metric)}
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,139 @@
+"""Numbers, durations, labels, verdict badges and progress in words, the same on every page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runs import RunInfo
+
+# The rate behind an ETA comes from recent step rows; an older gap (a pause before a resume,
+# say) would make it look slower than it is.
+ETA_WINDOW_ROWS = 30
+
+
+ETA_MAX_GAP_S = 120.0
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and not np.isfinite(x))
+
+
+def percent(x: float | None, digits: int = 1) -> str:
+    """``43.5%``; ``–`` for a missing value."""
+    return "–" if _missing(x) else f"{100 * x:.{digits}f}%"
+
+
+def number(x: float | None, digits: int = 3) -> str:
+    return "–" if _missing(x) else f"{x:.{digits}f}"
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    if seconds is None or not np.isfinite(seconds):
+        return "–"
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def data_label(spec: str) -> str:
+    """A short name for a data spec: ``RetinaMNIST`` or the folder / file name."""
+    text = str(spec or "").strip().rstrip("/")
+    if text.lower() in ("", "retinamnist"):
+        return "RetinaMNIST (bundled)"
+    return text.rsplit("/", 1)[-1]
+
+
+def short_label(run: RunInfo) -> str:
+    """``resnet18-pre 18:45:12`` from a run id ``20261127-184512-resnet18-pre``; the id otherwise."""
+    parts = run.run_id.split("-", 2)
+    if len(parts) == 3 and parts[0].isdigit() and len(parts[1]) == 6 and parts[1].isdigit():
+        t = parts[1]
+        return f"{parts[2]} {t[:2]}:{t[2:4]}:{t[4:]}"
+    return run.run_id
+
+
+@dataclass
+class Progress:
+    """Where a run is, from its freshest rows: the trainer writes a step row every ~2 s."""
+
+    state: str
+    fraction: float
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    images_per_s: float | None
+    eta_s: float | None
+    train_loss: float | None
+
+    @property
+    def text(self) -> str:
+        if self.state == "queued":
+            return "waiting in the queue"
+        if not self.steps:
+            return f"{self.state}: starting (loading data and model)" if self.state == "running" else self.state
+        parts = [f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.steps}"]
+        if self.images_per_s:
+            parts.append(f"{self.images_per_s:,.0f} images/s")
+        if self.state == "running" and self.eta_s is not None:
+            parts.append(f"ETA {duration(self.eta_s)}")
+        return " · ".join(parts)
+
+
+def _row_fraction(row: dict, epochs: int) -> float:
+    steps = max(int(row.get("steps") or 1), 1)
+    return (int(row.get("epoch") or 1) - 1 + int(row.get("step") or 0) / steps) / max(epochs, 1)
+
+
+def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> Progress:
+    """Progress, speed and ETA of ``run`` from its step rows (oldest first)."""
+    now = time.time() if now is None else now
+    epochs = int(run.config.get("epochs") or (run.status.get("progress") or {}).get("epochs") or 1)
+    if not steps:
+        done = 1.0 if run.state == "done" else 0.0
+        return Progress(run.state, done, 0, epochs, 0, 0, None, None, None)
+    last = steps[-1]
+    fraction = 1.0 if run.state == "done" else min(_row_fraction(last, epochs), 1.0)
+    window = steps[-ETA_WINDOW_ROWS:]
+    for i in range(len(window) - 1, 0, -1):
+        if window[i]["time"] - window[i - 1]["time"] > ETA_MAX_GAP_S:
+            window = window[i:]
+            break
+    eta = None
+    if run.state == "running" and len(window) >= 2:
+        gained = _row_fraction(window[-1], epochs) - _row_fraction(window[0], epochs)
+        spent = window[-1]["time"] - window[0]["time"]
+        if gained > 0 and spent > 0:
+            eta = max((1 - fraction) * spent / gained - (now - last["time"]), 0.0)
+    return Progress(run.state, fraction, int(last.get("epoch") or 0), epochs, int(last.get("step") or 0),
+                    int(last.get("steps") or 0), last.get("images_per_s"), eta, last.get("train_loss"))
+
+
+def slot_text(run: RunInfo) -> str:
+    """Where a run trains (its worker slot: GPU, or share of the CPU), or waits; "" when unknown."""
+    slot = run.status.get("slot") if isinstance(run.status.get("slot"), dict) else None
+    if run.state == "queued":
+        return "waiting for a free slot"
+    if slot is None or run.state != "running":
+        return f"trained on {slot['label']}" if slot and run.state == "done" else ""
+    threads = run.status.get("torch_threads")
+    extra = f" ({threads} thread{'s' if threads != 1 else ''})" if threads and "thread" not in slot["label"] else ""
+    return f"on {slot['label']}{extra}"
+
+
+VERDICT_COLOURS = {"usable": "green", "weak": "orange", "no better than guessing": "red"}
+
+
+def verdict_badge(trust: dict | None) -> str:
+    """The verdict as Streamlit markdown, coloured: :green[usable], :orange[weak], :red[...]."""
+    if not trust:
+        return ":gray[not judged]"
+    return f":{VERDICT_COLOURS.get(trust['verdict'], 'gray')}[**{trust['verdict']}**]"

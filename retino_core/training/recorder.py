@@ -1,0 +1,96 @@
+"""The run folder while training: status.json with a heartbeat, metrics.jsonl rows, a progress
+bar, and checkpoints written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import runs
+from ..config import NUM_CLASSES, TrainConfig
+from .loaders import preprocessing
+from .loop import unwrap
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+class Recorder:
+    """Writes status.json (with a heartbeat thread), metrics.jsonl rows and a tqdm bar."""
+
+    def __init__(self, run_dir: Path, quiet: bool = False):
+        self.run_dir = Path(run_dir)
+        self.metrics = self.run_dir / "metrics.jsonl"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar = None
+        self.quiet = quiet
+        self.progress: dict = {}
+
+    def status(self, state: str, **fields) -> None:
+        with self._lock:
+            runs.write_status(self.run_dir, state, heartbeat=runs.now_iso(),
+                              heartbeat_ts=time.time(), **fields)
+
+    def start(self, **fields) -> None:
+        self.status("running", pid=os.getpid(), host=socket.gethostname(),
+                    started=runs.now_iso(), started_ts=time.time(), error=None, **fields)
+        self._thread = threading.Thread(target=self._beat, name="retino-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.status("running", progress=self.progress)
+            except OSError:
+                pass  # a full disk must not kill training; the next beat tries again
+
+    def stop(self, state: str, **fields) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.close_bar()
+        self.status(state, finished=runs.now_iso(), progress=self.progress, **fields)
+
+    def row(self, kind: str, **values) -> None:
+        runs.append_jsonl(self.metrics, [{"kind": kind, "time": time.time(), **values}])
+
+    def bar(self, total: int, desc: str):
+        self.close_bar()
+        if not self.quiet:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False,
+                             dynamic_ncols=True, mininterval=1.0)
+        return self._bar
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def checkpoint_dict(model: nn.Module, cfg: TrainConfig, epoch: int, extra: dict | None = None) -> dict:
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    ckpt = {"model": state, "arch": cfg.arch, "num_classes": NUM_CLASSES, "epoch": epoch,
+            "config": cfg.to_dict(), "preprocessing": preprocessing(cfg),
+            "torch_version": str(torch.__version__)}
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """torch.save to a temp file, then rename: a reader never sees half a checkpoint."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    runs.atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,196 @@
+"""Intervals, paired tests and run comparisons against hand-worked cases and known truths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from app_fixtures import write_run
+from retino_core.judging import comparison
+from retino_core import runs
+from retino_core.judging import stats
+from retino_core.cli import main
+from retino_core.report import lab  # noqa: E402
+
+
+def predictions_with_accuracy(rng: np.random.Generator, n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities whose argmax is right with probability ``accuracy``."""
+    y = rng.integers(0, 5, n)
+    right = rng.random(n) < accuracy
+    pred = np.where(right, y, (y + rng.integers(1, 5, n)) % 5)
+    probs = np.full((n, 5), 0.1)
+    probs[np.arange(n), pred] = 0.6
+    return y, probs
+
+
+def test_the_95_percent_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    truth, repeats = 0.7, 200
+    covered = 0
+    for k in range(repeats):
+        y, probs = predictions_with_accuracy(rng, 300, truth)
+        lo, hi = stats.confidence_intervals(y, probs, n_boot=500, seed=k)["test_acc_ci"]
+        covered += lo <= truth <= hi
+    assert 0.90 <= covered / repeats <= 0.99, covered
+
+
+def test_intervals_bracket_the_point_estimate_and_shrink_with_more_images():
+    rng = np.random.default_rng(1)
+    small, large = (predictions_with_accuracy(rng, n, 0.6) for n in (100, 2000))
+    ci_small = stats.confidence_intervals(*small)
+    ci_large = stats.confidence_intervals(*large)
+    for m in stats.CI_METRICS:
+        assert ci_small[f"test_{m}_ci"][0] < ci_small[f"test_{m}_ci"][1]
+        width = lambda ci: ci[f"test_{m}_ci"][1] - ci[f"test_{m}_ci"][0]  # noqa: E731
+        assert width(ci_large) < width(ci_small)
+    acc = float(np.mean(large[1].argmax(1) == large[0]))
+    assert ci_large["test_acc_ci"][0] < acc < ci_large["test_acc_ci"][1]
+    assert ci_large["test_ci_resamples"] == stats.N_BOOT >= 1000
+
+
+def test_the_bootstrap_keeps_every_grades_count_and_is_seeded():
+    y = np.array([0] * 50 + [1] * 7 + [4] * 3)
+    w = stats.bootstrap_counts(y, 100, seed=3)
+    assert (w.sum(1) == 60).all() and (w[:, y == 4].sum(1) == 3).all()
+    assert np.array_equal(w, stats.bootstrap_counts(y, 100, seed=3))
+
+
+def test_weighted_auc_equals_sklearn_on_repeated_images_with_ties():
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.random(40), 1)  # many ties
+    positive = rng.random(40) < 0.4
+    counts = rng.integers(0, 4, (3, 40)).astype(np.float32)
+    found = stats.weighted_auc(scores, positive, counts)
+    for row, value in zip(counts.astype(int), found):
+        expected = roc_auc_score(np.repeat(positive, row), np.repeat(scores, row))
+        assert value == pytest.approx(expected)
+
+
+def test_mcnemar_exact_by_hand():
+    # 1 image only A gets right, 9 only B: p = 2 * P(X <= 1 | n = 10, 1/2) = 2 * 11 / 1024.
+    right_a = np.array([True] * 20 + [True] + [False] * 9)
+    right_b = np.array([True] * 20 + [False] + [True] * 9)
+    found = stats.mcnemar_exact(right_a, right_b)
+    assert (found["only_a_right"], found["only_b_right"]) == (1, 9)
+    assert found["p"] == pytest.approx(22 / 1024)
+    assert stats.mcnemar_exact(right_a, right_a)["p"] == 1.0
+
+
+def test_holm_by_hand():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_paired_bootstrap_of_a_run_against_itself_and_a_clearly_better_one():
+    rng = np.random.default_rng(4)
+    y, probs = predictions_with_accuracy(rng, 400, 0.5)
+    same = stats.paired_comparison(y, probs, probs)
+    assert same["metrics"]["acc"]["diff"] == 0 and same["metrics"]["acc"]["ci"] == [0.0, 0.0]
+    assert same["mcnemar"]["p"] == 1.0
+    assert "equally accurate" in stats.verdict_sentence("A", "B", same) and "not a real difference" in \
+        stats.verdict_sentence("A", "B", same)
+    better = probs.copy()
+    wrong = np.flatnonzero(probs.argmax(1) != y)[:60]  # B gets 60 more images right
+    better[wrong] = 0.1
+    better[wrong, y[wrong]] = 0.6
+    found = stats.paired_comparison(y, probs, better)
+    acc = found["metrics"]["acc"]
+    assert acc["diff"] == pytest.approx(-0.15) and acc["ci"][1] < 0
+    assert found["mcnemar"] == {"only_a_right": 0, "only_b_right": 60, "p": pytest.approx(2 * 0.5 ** 60)}
+    sentence = stats.verdict_sentence("ResNet18", "ResNet50", found)
+    assert sentence.startswith("ResNet50 is more accurate than ResNet18 by 15.0 points, 95 % CI +")
+    assert ": a real difference on this test set" in sentence
+
+
+def test_runs_on_different_test_sets_are_refused(runs_dir: Path, tiny_npz: Path, capsys):
+    a = write_run(runs_dir, "resnet18", data="retinamnist", seed=1)
+    b = write_run(runs_dir, "resnet50", data=str(tiny_npz), seed=2)
+    with pytest.raises(comparison.ComparisonError, match="different test sets"):
+        comparison.compare_runs(runs.load_run(a), runs.load_run(b))
+    assert main(["compare", a.name, b.name]) == 2
+    assert "different test sets" in capsys.readouterr().err
+
+
+def test_compare_command_on_two_runs_of_one_test_set(runs_dir: Path, capsys):
+    a = write_run(runs_dir, "resnet18", skill=2.0, seed=1)
+    b = write_run(runs_dir, "resnet50", skill=0.0, seed=2)  # collapsed onto grade 0
+    assert main(["compare", a.name, b.name, "--resamples", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "McNemar exact test" in out and "ResNet18-scratch is more accurate than ResNet50-scratch" in out
+    assert main(["compare", a.name, b.name, "--json", "--resamples", "300"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["resamples"] == 300 and found["metrics"]["acc"]["diff"] > 0 and found["mcnemar"]["p"] < 0.05
+
+
+def test_config_diff_lists_what_differs_first():
+    a = {"arch": "resnet18", "lr": 0.002, "epochs": 30, "created": "x"}
+    b = {"arch": "resnet18", "lr": 0.001, "epochs": 30, "name": "b"}
+    diff = comparison.config_diff(a, b)
+    assert list(diff["setting"][:2]) == ["lr", "name"] and list(diff["differs"]) == [True, True, False, False]
+    assert "created" not in list(diff["setting"])
+
+
+def test_seed_spread_over_runs_of_one_recipe(runs_dir: Path):
+    from retino_core.config import make_config
+
+    dirs = [write_run(runs_dir, "resnet18", seed=k, skill=1.0 + k) for k in range(3)]
+    for k, d in enumerate(dirs):  # the same recipe, three seeds
+        cfg = {**make_config("cpu", arch="resnet18", epochs=3).to_dict(), "seed": k}
+        runs.write_json(d / "config.json", cfg)
+    infos = runs.list_runs(runs_dir)
+    spread = comparison.seed_spread(infos[0], infos)
+    accs = [runs.load_run(d).summary["test_acc"] for d in dirs]
+    assert spread["seeds"] == 3 and spread["test_acc_mean"] == pytest.approx(np.mean(accs))
+    assert spread["test_acc_sd"] == pytest.approx(np.std(accs, ddof=1))
+
+
+def test_notes_and_tags_round_trip(runs_dir: Path, capsys):
+    run_dir = write_run(runs_dir)
+    runs.write_notes(run_dir, "lr too high?\nsecond line", "Baseline, lab , baseline")
+    info = runs.load_run(run_dir)
+    assert info.notes == "lr too high?\nsecond line" and info.tags == ["baseline", "lab"]
+    assert main(["note", run_dir.name, "--tags", "keep"]) == 0
+    assert runs.load_run(run_dir).tags == ["keep"] and runs.load_run(run_dir).notes.startswith("lr too high")
+    capsys.readouterr()
+    assert main(["runs"]) == 0 and capsys.readouterr().out.splitlines()[1].endswith("keep")
+    with pytest.raises(runs.RunError, match="under 10,000"):
+        runs.write_notes(run_dir, "x" * 10_001)
+
+
+def test_old_runs_get_intervals_from_their_predictions(runs_dir: Path):
+    run = runs.load_run(write_run(runs_dir))
+    assert "test_acc_ci" not in run.summary
+    found = comparison.intervals(run)
+    assert found["test_acc_ci"][0] < run.summary["test_acc"] < found["test_acc_ci"][1]
+
+
+def test_four_configurations_with_seeds_and_their_spread_in_the_2x2_table(runs_dir: Path):
+
+    configs = lab.four_configs("cpu", seeds=3, data="retinamnist", epochs=3)
+    assert len(configs) == 12 and sorted({c.seed for c in configs}) == [0, 1, 2]
+    assert configs[0].name.endswith("-s0") and lab.four_configs("cpu")[0].name == ""
+    for cfg in configs[:4] + configs[4:8]:  # two seeds of each configuration, trained (as fixtures)
+        run_dir = write_run(runs_dir, cfg.arch, cfg.pretrained, seed=cfg.seed * 10 + int(cfg.pretrained),
+                            skill=1.5)
+        runs.write_json(run_dir / "config.json", {**cfg.to_dict(), "created": runs.now_iso()})
+    all_runs = runs.list_runs(runs_dir)
+    frame = lab.comparison_frame(lab.pick_four(all_runs, done_only=True), all_runs)
+    assert list(frame["seeds"]) == [2, 2, 2, 2]
+    assert all("; 2 seeds: " in cell and " ± " in cell for cell in frame["test_acc_verdict"])
+    assert all("; 2 seeds: " in cell for cell in frame["test_qwk_ci_shown"])
+
+
+def test_all_pairs_resamples_each_run_once_and_agrees_with_compare_runs(runs_dir: Path, tiny_npz: Path):
+    dirs = [write_run(runs_dir, "resnet18", skill=s, seed=k) for k, s in enumerate((2.0, 1.0, 0.0))]
+    dirs.append(write_run(runs_dir, "resnet50", data=str(tiny_npz), seed=9))  # another test set
+    chosen = {f"r{k}": runs.load_run(d) for k, d in enumerate(dirs)}
+    pairs = comparison.all_pairs(chosen, n_boot=400)
+    assert len(pairs) == 6 and sum("refused" in p for p in pairs) == 3
+    first = next(p for p in pairs if (p["a"], p["b"]) == ("r0", "r1"))
+    alone = comparison.compare_runs(chosen["r0"], chosen["r1"], n_boot=400)
+    assert first["result"]["metrics"]["acc"]["ci"] == pytest.approx(alone["metrics"]["acc"]["ci"])
+    assert first["p_holm"] >= first["result"]["mcnemar"]["p"]
