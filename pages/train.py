@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from retino_core.training import launch
+from retino_core.training import cluster, launch
 from retino_core import runs
 from retino_core.judging import trust
 from retino_core.models import weights
@@ -14,7 +14,7 @@ from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, C
 from retino_core.errors import DataError
 from retino_core.data.splits import DatasetInvalid
 from retino_core.data.sources import source_of
-from retino_core.errors import WeightsError
+from retino_core.errors import ClusterError, WeightsError
 
 from pages import at_once_now, runs_at_once, set_runs_at_once, through_the_app
 from retino_core.report import lab
@@ -128,7 +128,7 @@ with st.expander("ImageNet weights (for pretrained runs)"):
 @st.fragment(run_every=2)
 def run_table() -> None:
     st.subheader("Runs")
-    all_runs = runs.list_runs()
+    all_runs = [cluster.reconcile(r) for r in runs.list_runs()]  # a SLURM or submitit job that ended says so
     if not all_runs:
         st.info("No runs yet: fill in the form above and press **Start**, or **Run all four**.")
         return
@@ -203,19 +203,20 @@ def act(action: str, run_id: str) -> None:
     """Stop, resume, start again or delete a run (a button callback: the table redrawn after it is current)."""
     st.session_state.pop("confirm_delete", None)
     try:
+        # A run a SLURM or submitit job trains goes through that job's backend.
         if action == "stop":
-            result = f"{run_id} is now {launch.stop(run_id)}"
+            result = f"{run_id} is now {cluster.stop(run_id)}"
         elif action == "resume":
-            launch.resume(run_id)
+            cluster.resume(run_id)
             result = f"{run_id} is queued to resume from its last checkpoint"
         elif action == "start_again":
-            launch.start_again(run_id)
+            cluster.start_again(run_id)
             result = f"{run_id} is queued to train from the start"
         else:
             runs.delete_run(run_id)
             st.toast(f"Deleted {run_id}", icon=":material/delete:")  # stays up while the table redraws
             return
-    except runs.RunError as err:
+    except (runs.RunError, ClusterError) as err:
         st.session_state.train_messages = [("error", str(err))]
     else:
         st.session_state.train_messages = [("success", result)]

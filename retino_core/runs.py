@@ -11,6 +11,7 @@ Layout::
         metrics.jsonl    append-only rows: {"kind": "step" | "epoch", ...}
         summary.json     final test metrics of the checkpoint chosen on validation
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
+        job.json         the SLURM or submitit job that trains it, for runs a sweep sent to one
         predictions.csv  per validation and test image: label, prediction, probabilities, logits
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)
         export/<format>/ an exported grader (``python -m retino_core export``)
@@ -450,6 +451,19 @@ def write_notes(run_dir: Path, notes: str = "", tags: list[str] | str = ()) -> d
     body = {"notes": notes, "tags": tags, "updated": now_iso()}
     write_json(Path(run_dir) / "notes.json", body)
     return body
+
+
+JOB_FILE = "job.json"
+
+
+def read_job(run_dir: Path) -> dict:
+    """The run's job.json (backend, job id, submitit's folder, ...); {} for runs no job trains."""
+    return _read_json_shared(Path(run_dir) / JOB_FILE)
+
+
+def write_job(run_dir: Path, record: dict) -> None:
+    """Replace the run's job.json with ``record``."""
+    write_json(Path(run_dir) / JOB_FILE, record)
 
 
 def delete_run(run_id: str, runs_dir: Path | None = None) -> None:

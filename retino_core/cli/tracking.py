@@ -34,14 +34,18 @@ def add_parsers(sub) -> None:
 
 def cmd_runs(args) -> int:
     from ..judging import trust
+    from ..training import cluster
 
-    infos = runs.list_runs(args.runs_dir)
+    # A run that a SLURM or submitit job trains: its state, plus the job's (a job that ended
+    # without the run saying so is recorded first).
+    infos = [cluster.reconcile(r) for r in runs.list_runs(args.runs_dir)]
+    jobs = {r.run_id: cluster.job_status(r) for r in infos}
     if args.json:
         print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
                            "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
                            "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
-                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes}
-                          for r in infos], indent=2))
+                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes,
+                           "job": jobs[r.run_id]} for r in infos], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m retino_core train --data retinamnist")
@@ -56,6 +60,8 @@ def cmd_runs(args) -> int:
         print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {fmt(r.summary.get('test_acc')):>8} "
               f"{fmt(r.summary.get('test_majority_acc')):>8} {fmt(r.summary.get('test_qwk')):>8} "
               f"{fmt(r.summary.get('test_auc')):>8}  {verdict:24} {', '.join(r.tags)}".rstrip())
+        if jobs[r.run_id]:
+            print(f"{'':40} {jobs[r.run_id]['label']}")
     return 0
 
 
