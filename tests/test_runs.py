@@ -13,10 +13,10 @@ from retino_core import runs
 
 
 def test_reading_runs_does_not_import_torch(finished_run):
-    code = ("import sys; from retino_core import runs, config; from retino_core.training import launch;"
+    code = ("import sys; from retino_core import runs, config; from retino_core.training import cluster, launch;"
             "from retino_core.data import sources, images, integrity; from retino_core.judging import metrics, trust;"
             "from retino_core.models import weights; from retino_core.report import display;"
-            f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state;"
+            f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state; display.slot_text(r);"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

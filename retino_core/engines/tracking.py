@@ -259,8 +259,6 @@ ARTIFACTS = ("summary.json", "config.json", "predictions.csv")
 def _export_folder(run_dir: Path) -> Path | None:
     """The run's checked ONNX export, or None (grading.export, and with it torch, is loaded only
     for a run that has one)."""
-    if not (Path(run_dir) / "export" / "onnx").is_dir():
-        return None
     from ..grading import export
 
     folder = export.default_folder(run_dir, "onnx")
@@ -269,23 +267,24 @@ def _export_folder(run_dir: Path) -> Path | None:
 
 def _sync_artifacts(client, mrun, run: runs.RunInfo) -> int:
     """The run's files, its confusion matrix and model card, and its ONNX export, whenever one
-    of them is new or changed."""
+    of them is new or changed (a re-sync with nothing new reads file sizes and times only)."""
     files = [run.path / name for name in ARTIFACTS if (run.path / name).is_file()]
-    export_dir = _export_folder(run.path)
-    exported = sorted(p for p in export_dir.iterdir() if p.is_file()) if export_dir else []
+    onnx_dir = run.path / "export" / "onnx"
+    exported = sorted(p for p in onnx_dir.iterdir() if p.is_file()) if onnx_dir.is_dir() else []
     stamp = _sha(json.dumps([(str(p.relative_to(run.path)), p.stat().st_size, p.stat().st_mtime_ns)
                              for p in files + exported]).encode())
     if mrun.data.tags.get(TAG_FILES) == stamp:
         return 0
+    export_dir = _export_folder(run.path) if exported else None
     rid = mrun.info.run_id
     with tempfile.TemporaryDirectory(prefix="retino-mlflow-") as tmp:
         files += _made_files(run, Path(tmp))
         for path in files:
             client.log_artifact(rid, str(path))
-    if export_dir:
+    if export_dir is not None:
         client.log_artifacts(rid, str(export_dir), artifact_path="export/onnx")
     client.set_tag(rid, TAG_FILES, stamp)
-    return len(files) + len(exported)
+    return len(files) + (len(exported) if export_dir is not None else 0)
 
 
 def _made_files(run: runs.RunInfo, folder: Path) -> list[Path]:
