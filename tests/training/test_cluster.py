@@ -175,3 +175,27 @@ def test_stopping_a_slurm_run_without_slurm_says_so(tiny_npz, runs_dir, tmp_path
     err = capsys.readouterr().err
     assert "SLURM is not available on this machine: scancel not found on PATH" in err and state(run_dir) == "queued"
     assert_clean(err)
+
+
+def test_the_train_page_shows_the_job_and_stops_and_resumes_through_it(runs_dir, tmp_path, monkeypatch) -> None:
+    from app_fixtures import open_page, write_run
+
+    bin_dir = fake_slurm(tmp_path / "bin", sacct="JobID|State|NodeList\n4242|RUNNING|gpu-node-3\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    run_dir = write_run(runs_dir, state="queued")
+    spec = cluster.JobSpec("slurm", partition="gpu", time_min=60)
+    runs.write_status(run_dir, "queued", backend="slurm")
+    cluster.submit([run_dir], spec, runs_dir)
+    runs.write_status(run_dir, "running", pid=1, host="gpu-node-3", heartbeat_ts=9e12)  # the trainer on its node
+    at = open_page("train")
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == run_dir.name, "where"].tolist() == ["SLURM job 4242 · RUNNING on gpu-node-3"]
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert (bin_dir / "scancel.txt").read_text().split() == ["4242"]
+    assert not at.exception and state(run_dir) == "interrupted"  # no trainer here to say so: the page did
+    runs.checkpoint_path(run_dir, "last").write_bytes(b"checkpoint")
+    at.run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert not at.exception and state(run_dir) == "queued"
+    assert (runs.read_job(run_dir)["job_id"], runs.read_job(run_dir)["earlier"]) == ("4243", ["4242"])
+    assert "#SBATCH --partition=gpu" in (bin_dir / "script-1.sh").read_text()
