@@ -39,6 +39,7 @@ STATUS = {"done": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "canc
 # Set before mlflow is imported (it reads telemetry settings then): no usage reports from a
 # lab's machines, nothing printed on stdout, and an unreachable server fails in seconds.
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
          "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
          "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _NOT_METRICS = {"kind", "epoch", "step", "steps", "global_step", "time", "best", "trust"}
