@@ -188,12 +188,12 @@ def test_five_problems_in_one_dataset_reported_at_once(tmp_path, capsys):
                      ("unreadable images", "train"), ("unreadable images", "test")}
     assert main(["validate", str(lab), "--deep"]) == 2
     err = capsys.readouterr().err
-    for text in ("line(s) at 4", "row 9: '7'", "3_left", "test_label.csv has 5", "4_left.jpeg: the file is empty",
+    for text in ("line(s) at 4", "line 9: '7'", "3_left", "test_label.csv has 5", "4_left.jpeg: the file is empty",
                  "10001_right.jpeg: broken or truncated"):
         assert text in err, text
     with pytest.raises(DatasetInvalid) as raised:  # training refuses with the same report
         open_source(lab)
-    assert len(raised.value.report.errors) == 4 and "row 9: '7'" in str(raised.value)
+    assert len(raised.value.report.errors) == 4 and "line 9: '7'" in str(raised.value)
 
 
 def test_json_report_shape(tmp_path, capsys):
@@ -278,7 +278,7 @@ def test_overview_lists_every_problem_and_the_patients_found(tmp_path, runs_dir)
     at.button[0].click().run()
     assert not at.exception
     [error] = [e.value for e in at.error]
-    assert "3 errors" in error and "blank line(s) at 4" in error and "row 9: '7'" in error and "3_left" in error
+    assert "3 errors" in error and "blank line(s) at 4" in error and "line 9: '7'" in error and "3_left" in error
     good = write_lab(tmp_path / "good", [f"c0{i % 5}_Patient{i // 2:03d}_{'LR'[i % 2]}" for i in range(20)],
                      [f"c00_Patient{100 + i:03d}_L" for i in range(5)])
     at.text_input[0].set_value(str(good))
