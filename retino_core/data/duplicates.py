@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,7 +22,13 @@ from .problems import Report, first
 CACHE_NAME = ".retino-hashes.json"
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 1: one JSON object written at the end; 2: JSON lines, a chunk at a time
+
+
+CACHE_CHUNK = 256  # fingerprints per chunk appended to the cache: at most this many are lost to a crash
+
+
+NEAR_HASH = "dhash-256"  # the near-copy code in the cache: another code means rehashing
 
 
 HASH_SIDE = 16  # difference hash of a 17x16 grey thumbnail: 256 bits
@@ -79,25 +85,117 @@ def _stat_key(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def read_cache(path: Path) -> dict[str, list]:
+def _header() -> dict:
+    return {"version": CACHE_VERSION, "near_hash": NEAR_HASH}
+
+
+def _read_chunks(path: Path) -> tuple[dict[str, list], int] | None:
+    """(entries, how many the file holds counting overwritten ones), or None when the file is
+    missing or not this version's (another version's hashes are not comparable: rehash)."""
     try:
-        body = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(body, dict) or body.get("version") != CACHE_VERSION or not isinstance(body.get("entries"), dict):
-        return {}
-    return body["entries"]
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    lines = data.split(b"\n")
+    try:
+        if json.loads(lines[0]) != _header():
+            return None
+    except ValueError:
+        return None
+    entries: dict[str, list] = {}
+    held = 0
+    # The last piece has no newline: a chunk cut short by a crash, or nothing. Skip it.
+    for line in lines[1:-1]:
+        try:
+            chunk = json.loads(line)
+        except ValueError:  # a damaged line; the other chunks still count
+            continue
+        if isinstance(chunk, dict):
+            entries.update(chunk)
+            held += len(chunk)
+    return entries, held
+
+
+def read_cache(path: Path) -> dict[str, list]:
+    """The cache's entries: path -> [size, mtime_ns, pixel hash, near-copy code, error]."""
+    found = _read_chunks(path)
+    return found[0] if found else {}
+
+
+class CacheWriter:
+    """Appends fingerprints to the cache file in chunks as they are computed, so an interrupted
+    ``--deep`` resumes where it stopped. The file is JSON lines: a header with the version, then
+    one object of entries per chunk, each appended in one write and flushed to disk; a chunk cut
+    short by a crash is skipped on reading. Started afresh (atomically) when missing or of
+    another version; compacted when overwritten entries outnumber the live ones."""
+
+    def __init__(self, path: Path, chunk: int | None = None):
+        self.path, self.chunk, self.pending = Path(path), chunk or CACHE_CHUNK, {}
+        found = _read_chunks(self.path)
+        self.entries, self.held = found if found else ({}, 0)
+        self.ok = self._start(fresh=found is None)
+
+    def _start(self, fresh: bool) -> bool:
+        from ..runs import atomic_write_bytes
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                atomic_write_bytes(self.path, (json.dumps(_header()) + "\n").encode())
+            elif not self.path.read_bytes().endswith(b"\n"):
+                with open(self.path, "ab") as fh:  # end a cut chunk, so the next starts on its own line
+                    fh.write(b"\n")
+            return True
+        except OSError as err:  # a read-only place: the check still stands, only slower next time
+            print(f"note: hash cache not written to {self.path}: {err.strerror or err}", file=sys.stderr)
+            return False
+
+    def add(self, path: str, entry: list) -> None:
+        self.pending[path] = entry
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        chunk, self.pending = self.pending, {}
+        self.entries.update(chunk)
+        if not self.ok:
+            return
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write((json.dumps(chunk, separators=(",", ":")) + "\n").encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.held += len(chunk)
+        except OSError as err:
+            self.ok = False
+            print(f"note: hash cache not written to {self.path}: {err.strerror or err}", file=sys.stderr)
+
+    def close(self) -> None:
+        """Write what is pending; rewrite the file compacted when mostly overwritten entries."""
+        from ..runs import atomic_write_bytes
+
+        self.flush()
+        if self.ok and self.held > 2 * len(self.entries) + self.chunk:
+            items = list(self.entries.items())
+            body = [json.dumps(_header())] + [json.dumps(dict(items[i:i + self.chunk]), separators=(",", ":"))
+                                              for i in range(0, len(items), self.chunk)]
+            try:
+                atomic_write_bytes(self.path, ("\n".join(body) + "\n").encode())
+            except OSError:
+                pass  # the uncompacted file still holds every entry
 
 
 def hash_files(paths: Sequence[Path], cache: Path | None, workers: int | None = None,
                progress: bool = False) -> tuple[list[tuple[str, str, str]], int]:
-    """Fingerprint every file, reusing cached entries whose size and mtime still match.
+    """Fingerprint every file, reusing cached entries whose size and mtime still match; new ones
+    go into the cache as they come.
 
     Returns the fingerprints (in order) and how many came from the cache.
     """
-    from ..runs import write_json
-
-    entries = read_cache(cache) if cache else {}
+    writer = CacheWriter(cache) if cache else None
+    entries = writer.entries if writer else {}
     keys = [_stat_key(p) for p in paths]
     out: list[tuple[str, str, str] | None] = [None] * len(paths)
     todo = []
@@ -108,30 +206,36 @@ def hash_files(paths: Sequence[Path], cache: Path | None, workers: int | None = 
         else:
             todo.append(i)
     reused = len(paths) - len(todo)
-    workers = workers or os.cpu_count() or 1
     from tqdm import tqdm
 
-    with tqdm(total=len(paths), initial=reused, unit="img", desc="decoding and hashing",
-              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-        todo_paths = [str(paths[i]) for i in todo]
-        if workers > 1 and len(todo) >= PARALLEL_FROM:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                results: Iterable = pool.map(fingerprint, todo_paths, chunksize=32)
-                for i, fp in zip(todo, results):
-                    out[i] = fp
-                    bar.update()
-        else:
-            for i, p in zip(todo, todo_paths):
-                out[i] = fingerprint(p)
-                bar.update()
-    if cache and todo:
-        fresh = {str(p): [*key, *fp] for p, key, fp in zip(paths, keys, out) if key is not None}
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache, {"version": CACHE_VERSION, "entries": {**entries, **fresh}})
-        except OSError as err:  # a read-only place: the check still stands, only slower next time
-            print(f"note: hash cache not written to {cache}: {err.strerror or err}", file=sys.stderr)
+    bar = tqdm(total=len(paths), initial=reused, unit="img", desc="decoding and hashing",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    results = _fingerprints([str(paths[i]) for i in todo], workers)
+    try:
+        for i, fp in zip(todo, results):
+            out[i] = fp
+            if writer and keys[i] is not None:
+                writer.add(str(paths[i]), [*keys[i], *fp])
+            bar.update()
+    finally:  # what was hashed before an interruption is kept
+        results.close()  # stops the worker processes now, not when garbage is collected
+        bar.close()
+        if writer:
+            writer.close()
     return out, reused  # type: ignore[return-value]
+
+
+def _fingerprints(paths: list[str], workers: int | None) -> Iterator[tuple[str, str, str]]:
+    """fingerprint of each path, in order: in worker processes when there are many."""
+    workers = workers or os.cpu_count() or 1
+    if workers < 2 or len(paths) < PARALLEL_FROM:
+        yield from map(fingerprint, paths)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    try:
+        yield from pool.map(fingerprint, paths, chunksize=32)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _hash_matrix(hexes: Sequence[str]) -> np.ndarray:
