@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -259,37 +259,92 @@ def near_pairs(hexes: Sequence[str], max_bits: int = NEAR_BITS, chunk: int = 64)
     return pairs
 
 
-def report_duplicates(report: Report, items: Sequence[tuple[str, str, str, str]],
-                      allow_cross: bool = False) -> dict:
-    """Exact and near-duplicate images inside and across splits, from (split, name, pixel hash, dhash).
+class Photo(NamedTuple):
+    """One decoded image of the dataset, as the duplicate check sees it."""
 
-    Exact copies across splits are errors (test images the model trained on) unless
-    ``allow_cross``; the rest are warnings.
-    """
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for i, (_, _, h, _) in enumerate(items):
-        by_hash[h].append(i)
-    cross, inside = [], []
+    split: str
+    name: str
+    grade: int  # -1: unknown (its CSV row is broken), compared with nothing
+    pixels: str  # pixel_hash
+    code: str  # near-copy code
+
+
+def _where(a: Photo, b: Photo) -> str:
+    return f"in {a.split} and {b.split}" if a.split != b.split else f"both in {a.split}"
+
+
+def _graded(x: Photo) -> str:
+    return f"{x.split}/{x.name} (grade {x.grade})"
+
+
+def _conflict(a: Sequence[Photo], b: Sequence[Photo]) -> tuple[Photo, Photo] | None:
+    """A member of ``a`` and one of ``b`` with different known grades, if any."""
+    for x in a:
+        for y in b:
+            if x.grade >= 0 and y.grade >= 0 and x.grade != y.grade:
+                return x, y
+    return None
+
+
+def find_duplicates(items: Sequence[Photo], near=None) -> dict[str, list[str]]:
+    """Label conflicts, exact copies and near copies, as texts by kind.
+
+    A label conflict (the same or a near-identical photo under different grades) is listed
+    as such, not again as a copy inside a split; copies across splits are listed as
+    leakage whatever their grades."""
+    near = near or near_pairs
+    by_hash: dict[str, list[Photo]] = defaultdict(list)
+    for x in items:
+        by_hash[x.pixels].append(x)
+    found: dict[str, list[str]] = {k: [] for k in ("conflicts", "cross", "inside", "near_cross", "near_inside")}
     for members in by_hash.values():
         if len(members) < 2:
             continue
-        text = " = ".join(f"{items[i][0]}/{items[i][1]}" for i in members[:4])
-        (cross if len({items[i][0] for i in members}) > 1 else inside).append(text)
+        pair = _conflict(members, members)
+        if pair:
+            found["conflicts"].append(f"{_graded(pair[0])} = {_graded(pair[1])}, {_where(*pair)}")
+        text = " = ".join(f"{x.split}/{x.name}" for x in members[:4])
+        if len({x.split for x in members}) > 1:
+            found["cross"].append(text)
+        elif not pair:
+            found["inside"].append(text)
     # Near copies: one representative per exact hash, so an exact copy is not also counted as near.
-    reps = [members[0] for members in by_hash.values()]
-    near_cross, near_inside = [], []
-    for a, b in near_pairs([items[i][3] for i in reps]):
-        i, j = reps[a], reps[b]
-        text = f"{items[i][0]}/{items[i][1]} ~ {items[j][0]}/{items[j][1]}"
-        (near_cross if items[i][0] != items[j][0] else near_inside).append(text)
+    groups = list(by_hash.values())
+    for a, b in near([g[0].code for g in groups]):
+        x, y = groups[a][0], groups[b][0]
+        pair = _conflict(groups[a], groups[b])
+        if pair:
+            found["conflicts"].append(f"{_graded(pair[0])} ~ {_graded(pair[1])}, {_where(*pair)}")
+        if x.split != y.split:
+            found["near_cross"].append(f"{x.split}/{x.name} ~ {y.split}/{y.name}")
+        elif not pair:
+            found["near_inside"].append(f"{x.split}/{x.name} ~ {y.split}/{y.name}")
+    return found
+
+
+def report_duplicates(report: Report, items: Sequence[Photo], allow_cross: bool = False,
+                      allow_conflicts: bool = False, near=None) -> dict:
+    """Label conflicts, exact and near-duplicate images inside and across splits, into ``report``.
+
+    Label conflicts are errors unless ``allow_conflicts``; exact copies across splits are
+    errors (test images the model trained on) unless ``allow_cross``; the rest are warnings.
+    """
+    found = find_duplicates(items, near)
+    conflicts, cross, inside = found["conflicts"], found["cross"], found["inside"]
+    near_cross, near_inside = found["near_cross"], found["near_inside"]
+    if conflicts:
+        report.add("label conflicts", "grades",
+                   f"{len(conflicts):,} photo(s) appear under two names with different grades (= identical, "
+                   f"~ a near copy): {first(conflicts, 3)}; which grade is right?",
+                   conflicts, "warning" if allow_conflicts else "error")
     if cross:
         report.add("identical images in two splits", "splits",
                    f"{len(cross):,} image(s) appear in more than one split (test leakage): {first(cross, 3)}",
                    cross, "warning" if allow_cross else "error")
     if near_cross:
         report.add("near-identical images in two splits", "splits",
-                   f"{len(near_cross):,} pair(s) look like resized or re-encoded copies across splits: "
-                   f"{first(near_cross, 3)}", near_cross, "warning")
+                   f"{len(near_cross):,} pair(s) look like altered copies across splits (resized, re-encoded, "
+                   f"cropped, turned or brightened): {first(near_cross, 3)}", near_cross, "warning")
     if inside:
         report.add("identical images inside a split", "splits",
                    f"{len(inside):,} image(s) are listed more than once under different names: {first(inside, 3)}",
@@ -298,5 +353,6 @@ def report_duplicates(report: Report, items: Sequence[tuple[str, str, str, str]]
         report.add("near-identical images inside a split", "splits",
                    f"{len(near_inside):,} pair(s) look like copies of each other: {first(near_inside, 3)}",
                    near_inside, "warning")
-    return {"identical_across_splits": len(cross), "near_across_splits": len(near_cross),
-            "identical_inside_splits": len(inside), "near_inside_splits": len(near_inside)}
+    return {"label_conflicts": len(conflicts), "identical_across_splits": len(cross),
+            "near_across_splits": len(near_cross), "identical_inside_splits": len(inside),
+            "near_inside_splits": len(near_inside)}

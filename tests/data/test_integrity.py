@@ -143,19 +143,50 @@ def test_a_straddling_patient_is_counted_in_the_lab_split(tmp_path, capsys):
 def test_duplicates_across_splits_fail_deep_unless_allowed(tmp_path, capsys):
     lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(20)], [f"{100 + i}_left" for i in range(5)])
     data = lab / "data"
-    (data / "102_left.png").write_bytes((data / "4_left.png").read_bytes())  # an exact copy
-    noise_image(7).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
+    (data / "102_left.png").write_bytes((data / "2_left.png").read_bytes())  # an exact copy, same grade
+    noise_image(3).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
     (data / "103_left.png").unlink()
     code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", capsys=capsys)
     assert code == 2 and report["images"]["duplicates"]["identical_across_splits"] == 1
     kinds = {p["kind"]: p for p in report["problems"]}
     assert kinds["identical images in two splits"]["severity"] == "error"
-    assert "train/4_left = test/102_left" in kinds["identical images in two splits"]["message"]
-    assert "train/7_left ~ test/103_left" in kinds["near-identical images in two splits"]["message"]
+    assert "train/2_left = test/102_left" in kinds["identical images in two splits"]["message"]
+    assert "train/3_left ~ test/103_left" in kinds["near-identical images in two splits"]["message"]
     assert report["images"]["duplicates"]["near_across_splits"] == 1  # distinct pictures are not near
+    assert report["images"]["duplicates"]["label_conflicts"] == 0  # the copies have the same grades
     assert main(["validate", str(lab), "--deep", "--allow-duplicates", "--val-fraction", "0"]) == 0
-    assert "train/4_left = test/102_left" in capsys.readouterr().out
+    assert "train/2_left = test/102_left" in capsys.readouterr().out
     assert main(["validate", str(lab)]) == 0  # the header check does not hash
+
+
+def test_the_same_photo_under_two_grades_is_a_label_conflict(tmp_path, capsys):
+    """Identical or near-identical photos with different grades: an error naming both photos,
+    both grades and the split(s), which --allow-duplicates does not silence; identical photos
+    with the same grade inside a split stay a warning."""
+    lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(20)], [f"{100 + i}_left" for i in range(5)])
+    data = lab / "data"
+    (data / "11_left.png").write_bytes((data / "4_left.png").read_bytes())  # grades 4 and 1, both in train
+    (data / "15_left.png").write_bytes((data / "10_left.png").read_bytes())  # grades 0 and 0: a plain copy
+    noise_image(6).resize((80, 80)).save(data / "104_left.jpg", quality=90)  # grade 1 ~ train/6_left, grade 1
+    noise_image(8).resize((80, 80)).save(data / "103_left.jpg", quality=90)  # grade 3 ~ train/8_left, grade 3
+    (data / "104_left.png").unlink()
+    (data / "103_left.png").unlink()
+    labels = (lab / "test_label.csv").read_text().splitlines()
+    labels[4] = "2"  # 104_left: graded 2 in test, its near copy 6_left graded 1 in train
+    (lab / "test_label.csv").write_text("\n".join(labels) + "\n")
+    code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", "--allow-duplicates", capsys=capsys)
+    kinds = {p["kind"]: p for p in report["problems"]}
+    conflict = kinds["label conflicts"]
+    assert code == 2 and conflict["severity"] == "error" and conflict["count"] == 2
+    assert "train/4_left (grade 4) = train/11_left (grade 1), both in train" in conflict["message"]
+    assert "train/6_left (grade 1) ~ test/104_left (grade 2), in train and test" in conflict["message"]
+    assert kinds["identical images inside a split"]["examples"] == ["train/10_left = train/15_left"]
+    assert kinds["identical images inside a split"]["severity"] == "warning"
+    assert "8_left" not in conflict["message"]  # a near copy with the same grade is no conflict
+    assert report["images"]["duplicates"]["label_conflicts"] == 2
+    code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", "--allow-duplicates",
+                                 "--allow-label-conflicts", capsys=capsys)
+    assert code == 0 and {p["kind"]: p for p in report["problems"]}["label conflicts"]["severity"] == "warning"
 
 
 def test_near_pairs_threshold():
