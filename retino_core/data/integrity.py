@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from .duplicates import Photo, cache_file, dhash, hash_files, pixel_hash, report_duplicates
+from . import nearcopy
+from .duplicates import Photo, cache_file, hash_files, pixel_hash, report_duplicates
 from .problems import Report, first
 
 MIN_PER_GRADE = 5
@@ -54,7 +55,7 @@ def check_source_images(source, report: Report, deep: bool = False, allow_duplic
     if in_memory:
         fps = [("", "", "")] * len(entries)
         if deep:
-            fps = [(pixel_hash(split.images[i]), dhash(split.image(i)), "") for _, i, split in entries]
+            fps = [(pixel_hash(split.images[i]), nearcopy.near_code(split.image(i)), "") for _, i, split in entries]
     elif deep:
         cache = cache_file(Path(source.root)) if use_cache and source.root else None
         fps, reused = hash_files(paths, cache, workers, progress)

@@ -17,11 +17,11 @@ from retino_core.data.layouts import load_csv
 from retino_core.data.sources import open_source
 from retino_core.data.patients import patient_of
 from retino_core.data.patients import assign_patients, patient_rule
-from retino_core.data.duplicates import near_pairs
 from retino_core.data import problems
 from retino_core.data import patients
 from retino_core.data import integrity
 from retino_core.data import duplicates
+from retino_core.data.images import RETINAMNIST_NPZ
 
 
 def noise_image(seed: int, size: int = 48) -> Image.Image:
@@ -30,12 +30,22 @@ def noise_image(seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
 
 
+with np.load(RETINAMNIST_NPZ) as _npz:
+    PHOTOS = np.concatenate([_npz[f"{s}_images"] for s in ("train", "val", "test")])
+
+
+def real_photo(index: int, size: int = 64) -> Image.Image:
+    """RetinaMNIST photo ``index`` (a real DeepDRiD fundus photo), upsampled: 0-39 and 1000-1009
+    are distinct eyes (no near copies among them)."""
+    return Image.fromarray(PHOTOS[index]).resize((size, size), Image.Resampling.BICUBIC)
+
+
 def write_lab(root: Path, train: list[str], test: list[str]) -> Path:
-    """The lab layout with distinct images; grades 0-4 in turn."""
+    """The lab layout with distinct real photos (up to 40 in train, 10 in test); grades 0-4 in turn."""
     (root / "data").mkdir(parents=True)
     for split, names, offset in (("train", train, 0), ("test", test, 1000)):
         for i, name in enumerate(names):
-            noise_image(offset + i).save(root / "data" / f"{name}.png")
+            real_photo(offset + i).save(root / "data" / f"{name}.png")
         (root / f"{split}_img.csv").write_text("\n".join(names) + "\n")
         (root / f"{split}_label.csv").write_text("\n".join(str(i % 5) for i in range(len(names))) + "\n")
     return root
@@ -144,7 +154,7 @@ def test_duplicates_across_splits_fail_deep_unless_allowed(tmp_path, capsys):
     lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(20)], [f"{100 + i}_left" for i in range(5)])
     data = lab / "data"
     (data / "102_left.png").write_bytes((data / "2_left.png").read_bytes())  # an exact copy, same grade
-    noise_image(3).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
+    real_photo(3).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
     (data / "103_left.png").unlink()
     code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", capsys=capsys)
     assert code == 2 and report["images"]["duplicates"]["identical_across_splits"] == 1
@@ -167,8 +177,8 @@ def test_the_same_photo_under_two_grades_is_a_label_conflict(tmp_path, capsys):
     data = lab / "data"
     (data / "11_left.png").write_bytes((data / "4_left.png").read_bytes())  # grades 4 and 1, both in train
     (data / "15_left.png").write_bytes((data / "10_left.png").read_bytes())  # grades 0 and 0: a plain copy
-    noise_image(6).resize((80, 80)).save(data / "104_left.jpg", quality=90)  # grade 1 ~ train/6_left, grade 1
-    noise_image(8).resize((80, 80)).save(data / "103_left.jpg", quality=90)  # grade 3 ~ train/8_left, grade 3
+    real_photo(6).resize((80, 80)).save(data / "104_left.jpg", quality=90)  # grade 1 ~ train/6_left, grade 1
+    real_photo(8).rotate(4).save(data / "103_left.jpg", quality=90)  # grade 3 ~ train/8_left turned, grade 3
     (data / "104_left.png").unlink()
     (data / "103_left.png").unlink()
     labels = (lab / "test_label.csv").read_text().splitlines()
@@ -187,14 +197,6 @@ def test_the_same_photo_under_two_grades_is_a_label_conflict(tmp_path, capsys):
     code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", "--allow-duplicates",
                                  "--allow-label-conflicts", capsys=capsys)
     assert code == 0 and {p["kind"]: p for p in report["problems"]}["label conflicts"]["severity"] == "warning"
-
-
-def test_near_pairs_threshold():
-    a = "00" * 32
-    b = "07" + "00" * 31  # 3 bits apart
-    c = "ff" * 32
-    assert near_pairs([a, b, c], max_bits=3) == [(0, 1)]
-    assert near_pairs([a, b, c], max_bits=2) == []
 
 
 # ---------------------------------------------------------------- every problem at once
