@@ -276,7 +276,7 @@ def find_duplicates(items: Sequence[Photo], near=None) -> dict[str, list[str]]:
             continue
         pair = _conflict(members, members)
         if pair:
-            found["conflicts"].append(f"{_graded(pair[0])} = {_graded(pair[1])}, {_where(*pair)}")
+            found["conflicts"].append(f"{_graded(pair[0])} = {_graded(pair[1])} ({_where(*pair)})")
         text = " = ".join(f"{x.split}/{x.name}" for x in members[:4])
         if len({x.split for x in members}) > 1:
             found["cross"].append(text)
@@ -288,7 +288,7 @@ def find_duplicates(items: Sequence[Photo], near=None) -> dict[str, list[str]]:
         x, y = groups[a][0], groups[b][0]
         pair = _conflict(groups[a], groups[b])
         if pair:
-            found["conflicts"].append(f"{_graded(pair[0])} ~ {_graded(pair[1])}, {_where(*pair)}")
+            found["conflicts"].append(f"{_graded(pair[0])} ~ {_graded(pair[1])} ({_where(*pair)})")
         if x.split != y.split:
             found["near_cross"].append(f"{x.split}/{x.name} ~ {y.split}/{y.name}")
         elif not pair:

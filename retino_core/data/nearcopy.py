@@ -40,7 +40,6 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 CODE_VERSION = 1  # change it with anything that changes the codes: cached codes are then recomputed
 WORK_SIDE = 128  # the disc is sampled on a copy with a long side of 128 to 255 px
@@ -263,6 +262,8 @@ def filled(grids: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     gaps = np.flatnonzero(~ok[:, _INNER_MASK].all(1))  # only grids missing inner cells need it
     if len(gaps) == 0:
         return grids
+    from scipy import ndimage  # here: opening a dataset does not pay for importing it
+
     sub, okg = grids[gaps], ok[gaps]
     v = np.where(okg, sub, 0).astype(np.float32)
     num = ndimage.gaussian_filter(v, (0, sigma, sigma), mode="constant")

@@ -188,8 +188,8 @@ def test_the_same_photo_under_two_grades_is_a_label_conflict(tmp_path, capsys):
     kinds = {p["kind"]: p for p in report["problems"]}
     conflict = kinds["label conflicts"]
     assert code == 2 and conflict["severity"] == "error" and conflict["count"] == 2
-    assert "train/4_left (grade 4) = train/11_left (grade 1), both in train" in conflict["message"]
-    assert "train/6_left (grade 1) ~ test/104_left (grade 2), in train and test" in conflict["message"]
+    assert "train/4_left (grade 4) = train/11_left (grade 1) (both in train)" in conflict["message"]
+    assert "train/6_left (grade 1) ~ test/104_left (grade 2) (in train and test)" in conflict["message"]
     assert kinds["identical images inside a split"]["examples"] == ["train/10_left = train/15_left"]
     assert kinds["identical images inside a split"]["severity"] == "warning"
     assert "8_left" not in conflict["message"]  # a near copy with the same grade is no conflict
