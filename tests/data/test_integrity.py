@@ -346,3 +346,14 @@ def test_a_run_keeps_its_patient_column_from_training_to_every_page(tmp_path, ru
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     by_name = source_of(make_config("cpu", data=str(csv)))  # without the column: one image, one patient
     assert [s.names for s in by_name.splits.values()] != [s.names for s in again.splits.values()]
+
+
+def test_label_conflicts_are_found_in_a_dataset_with_other_errors(tmp_path, capsys):
+    """A missing image does not stop the check of the images that are there, with their grades."""
+    lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(10)], [f"{100 + i}_left" for i in range(5)])
+    (lab / "data" / "7_left.png").write_bytes((lab / "data" / "3_left.png").read_bytes())  # grades 2 and 3
+    (lab / "data" / "9_left.png").unlink()
+    code, report = validate_json(str(lab), "--deep", capsys=capsys)
+    kinds = {p["kind"]: p for p in report["problems"]}
+    assert code == 2 and "missing images" in kinds
+    assert "train/3_left (grade 3) = train/7_left (grade 2) (both in train)" in kinds["label conflicts"]["message"]
