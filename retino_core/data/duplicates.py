@@ -23,7 +23,7 @@ from .problems import Report, first
 CACHE_NAME = ".retino-hashes.json"
 
 
-CACHE_VERSION = 2  # 1: one JSON object written at the end; 2: JSON lines, a chunk at a time
+CACHE_VERSION = 2  # 1: one JSON object written at the end; 2: JSON lines, a chunk at a time, SHA-256 pixel hashes
 
 
 CACHE_CHUNK = 256  # fingerprints per chunk appended to the cache: at most this many are lost to a crash

@@ -46,7 +46,7 @@ def test_ctrl_c_keeps_what_was_hashed_and_the_rerun_hashes_only_the_rest(lab, mo
     monkeypatch.setattr(duplicates, "CACHE_CHUNK", 4)
     done = counting(monkeypatch, stop_after=9)
     assert main(["validate", str(lab), "--deep", "--quiet"]) == EXIT_INTERRUPTED
-    assert "interrupted" in capsys.readouterr().err
+    assert "interrupted: the hashes made so far are kept" in capsys.readouterr().err
     assert len(duplicates.read_cache(lab / duplicates.CACHE_NAME)) == 9  # the part chunk too
     rest = counting(monkeypatch)
     code, report = validate_json(str(lab), "--deep", capsys=capsys)
