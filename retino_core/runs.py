@@ -43,6 +43,7 @@ ENDED_STATES = ("done", "failed", "interrupted", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 # A running trainer refreshes its heartbeat every few seconds; one silent this long is gone.
 HEARTBEAT_TIMEOUT_S = 60.0
+JOB_FILE = "job.json"  # the job that trains a run a sweep sent to SLURM or submitit (training.cluster)
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -483,19 +484,6 @@ def write_notes(run_dir: Path, notes: str = "", tags: list[str] | str = ()) -> d
     body = {"notes": notes, "tags": tags, "updated": now_iso()}
     write_json(Path(run_dir) / "notes.json", body)
     return body
-
-
-JOB_FILE = "job.json"
-
-
-def read_job(run_dir: Path) -> dict:
-    """The run's job.json (backend, job id, submitit's folder, ...); {} for runs no job trains."""
-    return _read_json_shared(Path(run_dir) / JOB_FILE)
-
-
-def write_job(run_dir: Path, record: dict) -> None:
-    """Replace the run's job.json with ``record``."""
-    write_json(Path(run_dir) / JOB_FILE, record)
 
 
 def delete_run(run_id: str, runs_dir: Path | None = None) -> None:

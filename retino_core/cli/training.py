@@ -340,7 +340,7 @@ def cmd_resume(args) -> int:
 
     run = runs.load_run(runs.resolve_run_dir(args.run, args.runs_dir))
     cluster.resume(run.run_id, run.path.parent)
-    job = runs.read_job(run.path).get("job_id")
+    job = cluster.read_job(run.path).get("job_id")
     print(f"{run.run_id}: queued to resume from its last checkpoint" + (f" (job {job})" if job else ""))
     return 0
 

@@ -132,6 +132,17 @@ class TrainJob:
         return DelayedSubmission(self, run_dir)
 
 
+def read_job(run_dir: Path) -> dict:
+    """The run's job.json (backend, job id, submitit's folder, ...); {} for runs no job trains."""
+    found = runs.read_json(Path(run_dir) / runs.JOB_FILE, {})
+    return found if isinstance(found, dict) else {}
+
+
+def write_job(run_dir: Path, record: dict) -> None:
+    """Replace the run's job.json with ``record``."""
+    runs.write_json(Path(run_dir) / runs.JOB_FILE, record)
+
+
 def _jobs_folder(runs_dir: Path) -> Path:
     return Path(runs_dir) / JOBS_DIR / "%j"
 
@@ -161,10 +172,10 @@ def submit(run_dirs: list[Path], spec: JobSpec, runs_dir: Path, gpus: list[str] 
 
 def resubmit(run_dir: Path, gpus: list[str] = ()) -> dict:
     """Submit a run again through the backend and with the resources of its last job (resume)."""
-    record = runs.read_job(run_dir)
+    record = read_job(run_dir)
     spec = JobSpec.from_dict(record["spec"]).checked()
     earlier = list(record.get("earlier") or []) + ([record["job_id"]] if record.get("job_id") else [])
-    runs.write_job(run_dir, {"backend": spec.backend, "spec": spec.to_dict(), "earlier": earlier})
+    write_job(run_dir, {"backend": spec.backend, "spec": spec.to_dict(), "earlier": earlier})
     if spec.backend == "slurm":
         return _submit_slurm([Path(run_dir)], spec, Path(run_dir).parent, earlier)[0]
     return _submit_local([Path(run_dir)], spec, Path(run_dir).parent, list(gpus), {str(run_dir): earlier})[0]
@@ -208,7 +219,7 @@ def _submit_slurm(run_dirs: list[Path], spec: JobSpec, runs_dir: Path, earlier: 
         raise ClusterError(f"sbatch refused the job: {text or type(err).__name__}") from None
     records = [_record(job, spec, runs_dir, earlier) for job in jobs]
     for run_dir, record in zip(run_dirs, records):
-        runs.write_job(run_dir, record)
+        write_job(run_dir, record)
     return records
 
 
@@ -270,13 +281,13 @@ def _submit_local(run_dirs: list[Path], spec: JobSpec, runs_dir: Path, gpus: lis
                                   cwd=runs.PROJECT_ROOT, start_new_session=True)
     first = run_dirs[:spec.array_parallelism or len(run_dirs)]
     deadline = time.monotonic() + wait_s
-    while not all(runs.read_job(d).get("job_id") for d in first):
+    while not all(read_job(d).get("job_id") for d in first):
         if helper.poll() is not None:
             raise ClusterError(f"submitit's local executor did not start the jobs: {_tail(log)}")
         if time.monotonic() > deadline:
             raise ClusterError(f"the jobs were not submitted within {wait_s:.0f} s: {_tail(log)}")
         time.sleep(0.1)
-    return [runs.read_job(d) for d in run_dirs]
+    return [read_job(d) for d in run_dirs]
 
 
 def _local_executor(runs_dir: Path, spec: JobSpec, gpus: list[str]):
@@ -309,7 +320,7 @@ def helper(plan_path: Path) -> int:
             taken, free = free[:per], free[per:]
             job = _local_executor(runs_dir, spec, taken).submit(TrainJob(), str(run_dir))
             record = {**_record(job, spec, runs_dir, plan["earlier"].get(str(run_dir))), "gpus": taken}
-            runs.write_job(run_dir, record)
+            write_job(run_dir, record)
             active.append((record, taken))
             print(f"{run_dir.name}: job {job.job_id}", flush=True)
         time.sleep(1.0)
@@ -343,7 +354,7 @@ def job_status(run: runs.RunInfo) -> dict | None:
     backend = run.status.get("backend")
     if backend not in JOB_BACKENDS:
         return None
-    record = runs.read_job(run.path)
+    record = read_job(run.path)
     job_id = record.get("job_id")
     if not job_id:
         return {"backend": backend, "job_id": None, "state": "WAITING", "ended": False,
@@ -382,7 +393,7 @@ def reconcile(run: runs.RunInfo) -> runs.RunInfo:
 
 def _cancel(run_dir: Path, status: dict, timeout: float) -> None:
     """Cancel the job that trains the run, through its backend."""
-    record = runs.read_job(run_dir)
+    record = read_job(run_dir)
     if not record.get("job_id"):
         return  # not submitted yet: the helper skips a run that is no longer queued
     if record["backend"] == "slurm":

@@ -42,7 +42,7 @@ def test_a_submitit_local_sweep_trains_stops_and_resumes(tiny_npz, runs_dir, tmp
                  "--epochs", "3", "--max-steps-per-epoch", "2", *TINY_ARGS, "--array-parallelism", "1"]) == 0
     out = capsys.readouterr()
     a, b = (Path(line) for line in out.out.split())
-    assert f"{a.name}: submitit-local job {runs.read_job(a)['job_id']}" in out.err
+    assert f"{a.name}: submitit-local job {cluster.read_job(a)['job_id']}" in out.err
     # One at a time: the second waits for a free place, and the queue's worker leaves both alone.
     assert cluster.job_status(runs.load_run(b))["state"] == "WAITING" and state(b) == "queued"
     assert display.slot_text(runs.load_run(b)) == "submitit-local: waiting for its turn in the sweep"
@@ -50,7 +50,7 @@ def test_a_submitit_local_sweep_trains_stops_and_resumes(tiny_npz, runs_dir, tmp
 
     # Stopped through submitit once it has a checkpoint: it ends interrupted, and the next one starts.
     assert wait_until(lambda: runs.checkpoint_path(a, "last").exists(), 300)
-    first_job = runs.read_job(a)["job_id"]
+    first_job = cluster.read_job(a)["job_id"]
     assert cluster.stop(a.name) == "interrupted"
     assert "signal 15" in runs.read_status(a)["error"] and cluster.job_status(runs.load_run(a))["ended"]
     # A killed job (SIGKILL, as a node dies): the run shows as interrupted.
@@ -59,12 +59,12 @@ def test_a_submitit_local_sweep_trains_stops_and_resumes(tiny_npz, runs_dir, tmp
     assert wait_until(lambda: state(b) == "interrupted", 60)
     assert main(["runs"]) == 0
     table = capsys.readouterr().out
-    assert table.count("interrupted") == 2 and f"submitit-local job {runs.read_job(b)['job_id']} · ended" in table
+    assert table.count("interrupted") == 2 and f"submitit-local job {cluster.read_job(b)['job_id']} · ended" in table
 
     for run_dir in (a, b):  # resumed as new jobs of the same backend
         assert main(["resume", run_dir.name]) == 0
     assert "queued to resume from its last checkpoint (job" in capsys.readouterr().out
-    assert runs.read_job(a)["earlier"] == [first_job] and runs.read_job(a)["job_id"] != first_job
+    assert cluster.read_job(a)["earlier"] == [first_job] and cluster.read_job(a)["job_id"] != first_job
     assert wait_until(lambda: state(a) == state(b) == "done", 400), (runs.read_status(a), runs.read_status(b))
     for run_dir in (a, b):
         assert [r["epoch"] for r in runs.epoch_rows(run_dir)] == [1, 2, 3]  # each epoch once
@@ -111,7 +111,7 @@ def test_slurm_batch_script_states_stop_and_resume(tiny_npz, runs_dir, tmp_path,
     assert script == (runs_dir / ".submitit" / "4242" / "4242_submission.sh").read_text()
     assert main(["sweep", "--data", str(tiny_npz), *SLURM_ARGS, "--dry-run"]) == 0
     assert capsys.readouterr().out == script  # what --dry-run shows is what sbatch gets
-    assert [runs.read_job(d)["job_id"] for d in made] == [f"4242_{i}" for i in range(4)]
+    assert [cluster.read_job(d)["job_id"] for d in made] == [f"4242_{i}" for i in range(4)]
     assert all(runs.read_status(d)["backend"] == "slurm" for d in made) and launch.next_queued(runs_dir) is None
 
     (bin_dir / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|RUNNING|gpu-node-3\n4242_1|PENDING|None\n"
@@ -128,7 +128,7 @@ def test_slurm_batch_script_states_stop_and_resume(tiny_npz, runs_dir, tmp_path,
     runs.write_status(made[0], "interrupted", error="the node went away")
     runs.checkpoint_path(made[0], "last").write_bytes(b"checkpoint")
     assert main(["resume", made[0].name]) == 0
-    job = runs.read_job(made[0])
+    job = cluster.read_job(made[0])
     assert (job["job_id"], job["earlier"], state(made[0])) == ("4243", ["4242_0"], "queued")
     again = (bin_dir / "script-1.sh").read_text()
     assert "#SBATCH --partition=gpu" in again and "#SBATCH --time=90" in again and "--array" not in again
@@ -197,5 +197,5 @@ def test_the_train_page_shows_the_job_and_stops_and_resumes_through_it(runs_dir,
     at.run()
     next(b for b in at.button if b.label == "Resume").click().run()
     assert not at.exception and state(run_dir) == "queued"
-    assert (runs.read_job(run_dir)["job_id"], runs.read_job(run_dir)["earlier"]) == ("4243", ["4242"])
+    assert (cluster.read_job(run_dir)["job_id"], cluster.read_job(run_dir)["earlier"]) == ("4243", ["4242"])
     assert "#SBATCH --partition=gpu" in (bin_dir / "script-1.sh").read_text()
