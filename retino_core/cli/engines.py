@@ -18,7 +18,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), metavar="URI",
                    help="the MLflow tracking server, e.g. http://mlflow.lab:5000 (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--experiment", default="retino", metavar="NAME", help="MLflow experiment (default retino)")
-    p.add_argument("--json", action="store_true", help="one JSON object per run on stdout")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register the champion of each configuration synced as the model "
+                        "retino-<data>-<configuration> with the alias champion (its run is exported to ONNX "
+                        "first when it has no export)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run, then per registered model, on stdout")
     p.add_argument("--runs-dir", type=Path)
     p.set_defaults(func=cmd_mlflow_sync)
 
@@ -59,4 +63,24 @@ def cmd_mlflow_sync(args) -> int:
         print(f"{run.run_id}\t{sent['mlflow_run_id']}\t{sent['url']}", flush=True)
         print(f"{run.run_id}: {what} ({sent['params']} params, {sent['metrics']} metric values, "
               f"{sent['artifacts']} artifacts sent)", file=sys.stderr)
-    return 0
+    return 0 if args.no_register else register(client, chosen, args)
+
+
+def register(client, chosen: list[runs.RunInfo], args) -> int:
+    """The champion of each data set and configuration of the synced runs, in the registry."""
+    from ..engines import registry
+
+    everything = [r for base in sorted({r.path.parent for r in chosen}) for r in runs.list_runs(base)]
+    failed = 0
+    for done in registry.register_champions(client, everything, args.experiment, among=chosen):
+        if args.json:
+            print(json.dumps(done), flush=True)
+        elif "error" in done:
+            print(f"error: {done['model']} not registered: {done['error']}", file=sys.stderr)
+        else:
+            moved = f" (the alias moved from version {done['moved_from']})" if done["moved_from"] else ""
+            print(f"{done['uri']}\tversion {done['version']}\t{done['run_id']}", flush=True)
+            print(f"{done['model']}: version {done['version']} is the champion{moved}: run {done['run_id']}, "
+                  f"{done['reason']}", file=sys.stderr)
+        failed += "error" in done
+    return 1 if failed else 0
