@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from .. import runs
-from ..errors import ExportError, TrackingError
+from ..errors import CheckpointError, ExportError, TrackingError
 from ..judging import champions, trust
 from . import tracking
 
@@ -61,6 +61,8 @@ def register_champions(client, all_runs: list[runs.RunInfo], experiment: str = t
                        among: list[runs.RunInfo] | None = None) -> list[dict]:
     """Register the champion of every data set and configuration of ``among`` (default: all
     runs); one result per model: its name, version, run and why that run, or the error."""
+    from mlflow.exceptions import MlflowException
+
     wanted = {(champions.data_of(r), r.configuration) for r in (all_runs if among is None else among)}
     done = []
     for data in sorted({d for d, _ in wanted}):
@@ -69,8 +71,9 @@ def register_champions(client, all_runs: list[runs.RunInfo], experiment: str = t
                 continue
             try:
                 done.append(register(client, champ, experiment))
-            except (ExportError, TrackingError) as err:
-                done.append({"model": model_name(champ.run), "run_id": champ.run.run_id, "error": str(err)})
+            except (ExportError, CheckpointError, TrackingError, MlflowException) as err:
+                text = tracking.why(err) if isinstance(err, MlflowException) else str(err)
+                done.append({"model": model_name(champ.run), "run_id": champ.run.run_id, "error": text})
     return done
 
 

@@ -50,7 +50,7 @@ _PLAIN_CAUSES = (("Connection refused", "connection refused: is the server runni
                  ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"))
 
 
-def _why(err: BaseException) -> str:
+def why(err: BaseException) -> str:
     """One line on why MLflow failed: the plain cause when it is a known one, else its message."""
     text = " ".join(str(getattr(err, "message", None) or err).split())
     for marker, plain in _PLAIN_CAUSES:
@@ -73,7 +73,7 @@ def connect(uri: str):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - refused, DNS, TLS, a store it cannot open: all say why
-        raise TrackingError(f"cannot use the MLflow tracking server at {uri}: {_why(err)}") from None
+        raise TrackingError(f"cannot use the MLflow tracking server at {uri}: {why(err)}") from None
     return client
 
 
@@ -373,7 +373,7 @@ class LiveSync:
                 self._failing = False
             except Exception as err:  # noqa: BLE001 - training goes on whatever the server does
                 if not self._failing:
-                    print(f"warning: MLflow sync failed ({_why(err)}); training goes on and the next epoch "
+                    print(f"warning: MLflow sync failed ({why(err)}); training goes on and the next epoch "
                           "tries again", file=sys.stderr, flush=True)
                 self._failing = True
             if ending:

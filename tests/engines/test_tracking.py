@@ -39,7 +39,9 @@ def the_run(client: MlflowClient, experiment: str, run_id: str):
 
 
 def sync(uri: str, experiment: str, *run_refs, capsys) -> list[dict]:
-    assert main(["mlflow-sync", *map(str, run_refs), "--tracking-uri", uri, "--experiment", experiment, "--json"]) == 0
+    """Sync only (the registry has tests of its own, tests/engines/test_registry.py)."""
+    assert main(["mlflow-sync", *map(str, run_refs), "--tracking-uri", uri, "--experiment", experiment, "--json",
+                 "--no-register"]) == 0
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -156,10 +158,15 @@ def test_bad_input_gets_a_clear_error(mlflow_server, finished_run, runs_dir, tin
     # with no run named, the runs still training are skipped, the others synced
     shutil.copytree(finished_run, runs_dir / finished_run.name, ignore=shutil.ignore_patterns("*.pt"))
     shutil.copytree(run_dir, runs_dir / "training-now")
-    assert main(["mlflow-sync", "--tracking-uri", mlflow_server.uri, "--experiment", "all"]) == 0
+    # ... and the champion it would register has no checkpoint left: said, the sync kept, status 1
+    assert main(["mlflow-sync", "--tracking-uri", mlflow_server.uri, "--experiment", "all"]) == 1
     out = capsys.readouterr()
     assert finished_run.name in out.out and "training-now" not in out.out
     assert "skipped training-now: running" in out.err
+    assert "error: retino-tiny-resnet18-scratch not registered: checkpoint " in out.err and "not found" in out.err
+    assert_clean(out.err)
+    assert main(["mlflow-sync", "--tracking-uri", mlflow_server.uri, "--experiment", "all", "--no-register"]) == 0
+    assert "already up to date" in capsys.readouterr().err
 
     # live mode checks the server before a run folder exists
     assert main(["train", "--data", str(tiny_npz), "--mlflow", "http://127.0.0.1:9", *TINY_ARGS]) == 2
