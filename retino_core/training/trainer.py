@@ -21,7 +21,7 @@ from .. import runs
 from ..config import NUM_CLASSES, TrainConfig
 from ..data.splits import DataSource
 from ..errors import CheckpointError, TrainingFailed, refused_load
-from ..judging import ood, stats, trust
+from ..judging import ood, operating, stats, trust
 from ..judging.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -185,6 +185,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     summary["test_acc_per_epoch"] = [r.get("test_acc") for r in epochs_done]
     summary.update(baseline)
     summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
+    # The referral threshold every door applies, chosen from predictions.csv as operating.of_run would.
+    summary["operating_point"] = operating.of_scores(operating.load_scores(run_dir), summary["temperature"]).to_dict()
     runs.write_json(run_dir / "summary.json", summary)
     return summary
 
