@@ -78,11 +78,15 @@ calibrated = st.toggle("Calibrated probabilities", value=True,
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
+point = operating.of_run(run.path, calibrated)  # the threshold Classify, predict and the export apply
+(st.caption if point.reliable else st.warning)(point.sentence() + " Classify, `predict` and the exported grader "
+                                               "refer at this threshold.")
 target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, operating.TARGET_SENSITIVITY, 0.01)
 suggested = operating.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
-    # A new run, calibration or target starts from the threshold chosen on validation.
-    st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(suggested, 3))
+    # A new run or calibration starts from the threshold in force; a new target from validation's for it.
+    start = point.threshold if target == operating.TARGET_SENSITIVITY else suggested
+    st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(start, 3))
 left.button("Back to the validation threshold", on_click=st.session_state.update,
             kwargs={"eval_threshold": round(suggested, 3)},
             help=f"{suggested:.3f} reaches {target:.0%} sensitivity on validation")
