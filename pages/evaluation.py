@@ -79,8 +79,9 @@ t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
 point = operating.of_run(run.path, calibrated)  # the threshold Classify, predict and the export apply
-(st.caption if point.reliable else st.warning)(point.sentence() + " Classify, `predict` and the exported grader "
-                                               "refer at this threshold.")
+(st.caption if point.reliable else st.warning)(point.sentence() + (
+    " Classify, `predict` and the exported grader refer at this threshold." if calibrated else
+    " (Chosen on uncalibrated probabilities: `predict` and the exported grader use the calibrated ones.)"))
 target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, operating.TARGET_SENSITIVITY, 0.01)
 suggested = operating.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):

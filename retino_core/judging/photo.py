@@ -143,9 +143,6 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
 
 
-NOT_LIKE_TRAINING = "This does not look like the photos the model was trained on"
-
-
 FAR_FROM_TRAINING = "Its features lie far from every grade the model learned"
 
 
