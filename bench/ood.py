@@ -148,7 +148,8 @@ def refusals(fov: np.ndarray, detail: np.ndarray, score: np.ndarray, threshold: 
             "photo_checks": float(np.mean(~fov | ~detail)), "features": float(np.mean(score > threshold))}
 
 
-def near_misses(predictor: Predictor, threshold: float, per_kind: int, seed: int, pool: np.ndarray) -> dict:
+def near_misses(predictor: Predictor, threshold: float, per_kind: int, seed: int, pool: np.ndarray,
+                test_images: np.ndarray) -> dict:
     """Each near-miss kind's refusals, overall and by size band, and the real photos' variants."""
     from retino_core.data.images import SAMPLE_IMAGE, load_image
 
@@ -164,8 +165,8 @@ def near_misses(predictor: Predictor, threshold: float, per_kind: int, seed: int
                    "photo_checks": float(np.mean((~fov | ~detail)[bands == name]))}
             for _, _, name in near_miss.SIZE_BANDS if np.any(bands == name)}}
     for name, images in (("bundled sample photo, 70 upload variants", near_miss.sample_variants(sample)),
-                         ("RetinaMNIST test enlarged to 64 px", near_miss.enlarged(pool[-400:], 64)),
-                         ("RetinaMNIST test enlarged to 224 px", near_miss.enlarged(pool[-400:], 224))):
+                         ("RetinaMNIST test enlarged to 64 px", near_miss.enlarged(test_images, 64)),
+                         ("RetinaMNIST test enlarged to 224 px", near_miss.enlarged(test_images, 224))):
         out["real"][name] = refusals(*scored(predictor, images), threshold)
     return out
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.near_misses:
         t0 = time.perf_counter()
         pool = np.concatenate([s.images for name, s in source.splits.items() if name != "train" and s.images is not None])
-        result["near_misses"] = near_misses(predictor, threshold, args.near_misses, args.seed + 1, pool)
+        result["near_misses"] = near_misses(predictor, threshold, args.near_misses, args.seed + 1, pool, test.images)
         result["near_misses"]["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ood.json").write_text(json.dumps(result, indent=2) + "\n")
