@@ -3,10 +3,12 @@
 ``export_run`` writes, into one folder: the model (ONNX or TorchScript) whose input is a batch
 of 8-bit RGB photos at the training size and whose outputs are the run's own calibrated
 probabilities (normalisation, flip averaging and the temperature inside the graph), the
-probability of referable DR and the out-of-distribution score; ``preprocessing.json`` (size,
-resize rule, crop, mean / std, grade names, the referable threshold chosen on validation, the
-trust verdict); the model card; and, for ONNX, ``predict_onnx.py``, a grader that needs only
-onnxruntime, numpy and Pillow. Before it returns, the export is checked against the app's own
+probability of referable DR, the referral-first answer at the run's threshold (``would_say_*``)
+and the out-of-distribution score; ``preprocessing.json`` (size, resize rule, crop, mean / std,
+grade names, the run's operating point and whether validation supports it, the rule that turns
+outputs into an answer, the trust verdict); the model card; and, for ONNX, ``predict_onnx.py``,
+a grader that needs only onnxruntime, numpy and Pillow and answers through the package's own
+``decide``. Before it returns, the export is checked against the app's own
 Predictor on the run's test images.
 """
 
