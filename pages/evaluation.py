@@ -8,7 +8,8 @@ from retino_core.judging import metrics
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import through_the_app
+from pages import stand_ins, stands_line, through_the_app
+from retino_core.report import lab
 from retino_core.report import figures  # noqa: E402
 from retino_core.report import display  # noqa: E402
 from retino_core.judging import operating  # noqa: E402
@@ -45,14 +46,23 @@ st.title("Evaluation")
 st.caption("Screening numbers for a finished run. Every choice (temperature, threshold) is made on "
            "the validation split and only then applied to test.")
 
-finished = [r for r in runs.list_runs() if r.state == "done" and (r.path / "predictions.csv").exists()]
+all_runs = runs.list_runs()
+finished = [r for r in all_runs if r.state == "done" and (r.path / "predictions.csv").exists()]
 if not finished:
     st.info("No finished run yet: evaluation appears here when a run ends. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 by_id = {r.run_id: r for r in finished}
-run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+data = st.session_state.get("data") or lab.default_data(all_runs)
+first = [c.run.run_id for c in lab.champion_four(all_runs, data, stand_ins(data)).values()
+         if c and c.run.run_id in by_id]
+ordered = first + [i for i in by_id if i not in first]  # the runs that stand for the configurations first
+if st.session_state.get("eval_run") not in by_id:
+    st.session_state.pop("eval_run", None)
+run = by_id[st.selectbox("Run", ordered, key="eval_run", format_func=lambda i: f"{i} · {by_id[i].configuration}"
+                         + (" · stands for it" if i in first else ""))]
+stands_line(run, all_runs, "eval_run")
 scores = operating.load_scores(run.path)
 if "test" not in scores:
     st.warning("This run's predictions.csv has no test rows; nothing to evaluate.")
@@ -72,16 +82,25 @@ c[3].metric("macro AUC", display.number(s.get("test_auc")))
 c[4].metric("referable-DR AUC", display.number(s.get("test_referable_auc")), help="grade ≥ 2 against the rest, "
             "scored by the summed probabilities of grades 2-4")
 
+calibration = operating.calibration_check(run.path, temperature) or {"helps": temperature != 1.0, "sentence": ""}
+
 st.subheader("Referable DR operating point")
-calibrated = st.toggle("Calibrated probabilities", value=True,
-                       help=f"temperature {temperature:.2f}, fitted on validation")
+as_graded = operating.grades_calibrated(run.path)
+calibrated = st.toggle("Calibrated probabilities", value=as_graded, key=f"eval_calibrated_{run.run_id}",
+                       help=f"temperature {temperature:.2f}, fitted on validation; on at first only when it "
+                            "improved the test probabilities, as every door grades")
+if not as_graded and temperature != 1.0:
+    st.caption(":material/info: Off at first: temperature scaling did not improve this run's test probabilities "
+               "(see Calibration below), so Classify, `predict` and the exported grader use the uncalibrated ones.")
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
-point = operating.of_run(run.path, calibrated)  # the threshold Classify, predict and the export apply
+point = operating.of_run(run.path, calibrated)  # as graded: the threshold Classify, predict and the export apply
+kind = "calibrated" if as_graded else "uncalibrated"
 (st.caption if point.reliable else st.warning)(point.sentence() + (
-    " Classify, `predict` and the exported grader refer at this threshold." if calibrated else
-    " (Chosen on uncalibrated probabilities: `predict` and the exported grader use the calibrated ones.)"))
+    " Classify, `predict` and the exported grader refer at this threshold." if calibrated == as_graded else
+    f" (Chosen on {'calibrated' if calibrated else 'uncalibrated'} probabilities: Classify, `predict` and the "
+    f"exported grader use the {kind} ones.)"))
 target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, operating.TARGET_SENSITIVITY, 0.01)
 suggested = operating.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
@@ -112,6 +131,8 @@ with st.expander("Reference operating points"):
                "not as a like-for-like comparison.")
 
 st.subheader("Calibration")
+if calibration["sentence"]:
+    (st.success if calibration["helps"] else st.warning)(calibration["sentence"])
 left, right = st.columns([2, 1])
 left.plotly_chart(figures.reliability_figure(test.labels, {"uncalibrated": test.probs(1.0),
                                                              f"T = {temperature:.2f}": test.probs(temperature)}),

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import trust
+from retino_core.judging import champions, trust
 from retino_core.config import GRADE_NAMES
 from retino_core.errors import DataError, ImageError
 from retino_core.data.sources import source_of
@@ -14,7 +14,7 @@ from retino_core.report import figures
 from retino_core.report import display
 from retino_core.grading import export
 
-from pages import through_the_app
+from pages import stands_line, through_the_app
 
 through_the_app(__file__)
 
@@ -42,9 +42,30 @@ def pick_cell(chart_key: str) -> None:
         st.session_state.cell_pred = int(round(points[0]["x"]))
 
 
+def pin_button(run: runs.RunInfo) -> None:
+    """Pin the run to stand for its configuration on its dataset, or unpin it."""
+    pinned = run.run_id in champions.pins(run.path.parent)
+    if not champions.is_finished(run):
+        return
+    label = "Unpin" if pinned else f"Pin: make this run stand for {run.configuration}"
+    if st.button(label, icon=":material/push_pin:", key=f"pin-{run.run_id}",
+                 help="a pinned run stands for its configuration on its dataset on every page, in the report and "
+                      "in `python -m retino_core champions`, whatever the rules would choose"):
+        try:
+            if pinned:
+                champions.unpin(run.run_id, run.path.parent)
+            else:
+                champions.pin(run.run_id, run.path.parent)
+        except runs.RunError as err:
+            st.error(str(err))
+        else:
+            st.rerun()
+
+
 st.title("Results")
 
-finished = [r for r in runs.list_runs() if r.summary]
+all_runs = runs.list_runs()
+finished = [r for r in all_runs if r.summary]
 if not finished:
     st.info("No finished run yet: results appear here when a run ends. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -54,7 +75,9 @@ by_id = {r.run_id: r for r in finished}
 left, right = st.columns([3, 1])
 # Grouped by configuration, newest first within each: a configuration's seeds sit together.
 ordered = sorted(by_id, key=lambda i: by_id[i].configuration)
-run = by_id[left.selectbox("Run", ordered, index=ordered.index(finished[0].run_id),  # the newest
+if st.session_state.get("results_run") not in by_id:
+    st.session_state["results_run"] = finished[0].run_id  # the newest
+run = by_id[left.selectbox("Run", ordered, key="results_run",
                            format_func=lambda i: f"{by_id[i].configuration} · {i}"
                            + (f" · {', '.join(by_id[i].tags)}" if by_id[i].tags else ""))]
 splits = [s for s in ("test", "val") if run.summary.get(f"{s}_confusion")]
@@ -72,6 +95,7 @@ acc, base = s.get("acc"), s.get("majority_acc")
 c = st.columns(5)
 c[0].metric("accuracy", display.percent(acc),
             delta=None if acc is None or base is None else f"{100 * (acc - base):+.1f} pts vs majority",
+            delta_color=display.verdict_colour(trust.of_summary(run.summary)),
             help=f"majority-class baseline {display.percent(base)}: always answering the commonest training grade")
 c[1].metric("QWK", display.number(s.get("qwk")), help="quadratic weighted kappa: 0 = chance, 1 = perfect agreement")
 c[2].metric("macro AUC", display.number(s.get("auc")), help="one-vs-rest ROC AUC averaged over the grades")
@@ -82,6 +106,8 @@ c[4].metric("best epoch", f"{run.summary.get('best_epoch', '–')} / {run.config
 verdict = trust.of_summary(run.summary)
 kind, text = trust.notice(verdict)
 getattr(st, kind)(text)
+stands_line(run, all_runs, "results_run")
+pin_button(run)
 if verdict and verdict.get("split") != split:
     st.caption(f"The verdict rests on the {verdict.get('split')} split; the numbers above are {split}.")
 detector = run.summary.get("ood")

@@ -129,7 +129,7 @@ def grader_graph(predictor: Predictor) -> GraderGraph:
     model = build_model(predictor.arch, predictor.model.fc.out_features)
     model.load_state_dict({k: v.contiguous() for k, v in predictor.model.state_dict().items()})
     point = predictor.operating_point or OperatingPoint()
-    return GraderGraph(model, predictor.pre, predictor.temperature, predictor.tta, predictor.ood_stats,
+    return GraderGraph(model, predictor.pre, predictor.temperature_for(), predictor.tta, predictor.ood_stats,
                        point.threshold).eval()
 
 
@@ -230,7 +230,8 @@ def preprocessing_json(predictor: Predictor, summary: dict, run_id: str, fmt: st
         "colour": "8-bit RGB; greyscale, 16-bit, palette and alpha photos converted first (alpha on black)",
         "mean": list(pre["mean"]), "std": list(pre["std"]),
         "normalisation": "inside the model: (x / 255 - mean) / std per channel",
-        "temperature": predictor.temperature, "flip_averaging": predictor.tta,
+        "temperature": predictor.temperature_for(), "calibrated": predictor.calibrated,
+        "fitted_temperature": predictor.temperature, "flip_averaging": predictor.tta,
         "outputs": outputs, "grade_names": list(GRADE_NAMES),
         "referable": {**point.to_dict(), "grades": list(range(REFERABLE_GRADE, len(GRADE_NAMES))),
                       "rule": "refer when referable_probability >= threshold; the grade is then the most probable "

@@ -72,6 +72,9 @@ class Predictor:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.pre = preprocessing
         self.temperature = float(temperature or 1.0)
+        # Whether grading divides the logits by the temperature (operating.grades_calibrated: not
+        # where it made the run's test probabilities worse); the default of every call below.
+        self.calibrated = True
         self.arch, self.run_id = arch, run_id
         # Whether the run's metrics and temperature came from flip-averaged logits: the default
         # of every call below, so a prediction matches what the run reported.
@@ -112,8 +115,13 @@ class Predictor:
         run_dir = runs.resolve_run_dir(run, runs_dir)
         predictor = cls.from_checkpoint(runs.checkpoint_path(run_dir, which), run_dir.name)
         predictor.verdict = trust.of_summary(runs.read_json(run_dir / "summary.json", {}))
+        predictor.calibrated = operating.grades_calibrated(run_dir)
         predictor.operating_point = operating.of_run(run_dir)
         return predictor
+
+    def temperature_for(self, calibrated: bool | None = None) -> float:
+        """The temperature the logits are divided by (None: as the run grades)."""
+        return self.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
 
     @property
     def usable(self) -> bool:
@@ -136,10 +144,10 @@ class Predictor:
         return f"learned from {data}, shown at {self.image_size}×{self.image_size} px"
 
     def run(self, images: Sequence[Image.Image], tta: bool | None = None,
-            calibrated: bool = True) -> tuple[np.ndarray, list[ImageCheck]]:
+            calibrated: bool | None = None) -> tuple[np.ndarray, list[ImageCheck]]:
         """Probabilities (N, 5) and, per image, its checks (decision.check_photo)."""
         logits, features = self._forward(images, tta)
-        probs = softmax(logits, self.temperature if calibrated else 1.0)
+        probs = softmax(logits, self.temperature_for(calibrated))
         scores = ood.scores(features.numpy(), self.ood_stats) if self.ood_stats is not None else None
         threshold = float(self.ood_stats["threshold"]) if self.ood_stats is not None else None
         return probs, [check_photo(img, None if scores is None else float(scores[k]), threshold)
@@ -168,11 +176,11 @@ class Predictor:
         return self._forward(images, tta)[0]
 
     def probabilities(self, images: Sequence[Image.Image], tta: bool | None = None,
-                      calibrated: bool = True) -> np.ndarray:
-        return softmax(self.logits(images, tta), self.temperature if calibrated else 1.0)
+                      calibrated: bool | None = None) -> np.ndarray:
+        return softmax(self.logits(images, tta), self.temperature_for(calibrated))
 
     def predict(self, images: Sequence[Image.Image], names: Sequence[str] | None = None,
-                tta: bool | None = None, calibrated: bool = True) -> list[Prediction]:
+                tta: bool | None = None, calibrated: bool | None = None) -> list[Prediction]:
         """Each image's answer: decision.decide with its checks, this run's operating point and verdict."""
         probs, checks = self.run(images, tta, calibrated)
         names = names or [""] * len(images)

@@ -68,13 +68,19 @@ class SplitScores:
 
 
 def load_scores(run_dir: Path) -> dict[str, SplitScores]:
-    """Validation and test logits from predictions.csv; empty when the run has none."""
+    """Validation and test logits from predictions.csv; empty when the run has none. A file
+    without logits gives log-probabilities instead, which differ from the logits by a constant
+    per image: every temperature scales them to the same probabilities."""
     df = runs.read_predictions(run_dir)
     if df is None:
         return {}
     out = {}
+    columns = [f"logit{c}" for c in range(NUM_CLASSES)]
     for split, part in df.groupby("split", sort=False):
-        logits = part[[f"logit{c}" for c in range(NUM_CLASSES)]].to_numpy(dtype=np.float64)
+        if set(columns) <= set(part.columns):
+            logits = part[columns].to_numpy(dtype=np.float64)
+        else:
+            logits = np.log(np.clip(part[[f"p{c}" for c in range(NUM_CLASSES)]].to_numpy(dtype=np.float64), 1e-12, 1))
         out[str(split)] = SplitScores(part["label"].to_numpy(dtype=np.int64), logits, part["name"].astype(str).tolist())
     return out
 
@@ -146,35 +152,49 @@ def of_scores(scores: dict[str, SplitScores], temperature: float = 1.0,
                   None if test is None else test.probs(temperature), target)
 
 
-def _scores(run_dir: Path) -> dict[str, SplitScores]:
-    """load_scores; empty for a predictions.csv without logits (written before they were kept)."""
-    try:
-        return load_scores(Path(run_dir))
-    except KeyError:
-        return {}
+def grades_calibrated(run_dir: Path) -> bool:
+    """Whether every door divides this run's logits by its temperature: yes, unless temperature
+    scaling made the run's test probabilities no better (``calibration_check``), in which case
+    every door grades with the model's own probabilities. Stored in summary.json at the end of
+    training; worked out from predictions.csv for older runs."""
+    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    if "grades_calibrated" in summary:
+        return bool(summary["grades_calibrated"])
+    check = calibration_check(Path(run_dir), summary.get("temperature"))
+    return check is None or bool(check["helps"])
 
 
-def of_run(run_dir: Path, calibrated: bool = True) -> OperatingPoint:
+def grading_temperature(run_dir: Path, calibrated: bool | None = None) -> float:
+    """The temperature the run's probabilities are taken at (``calibrated`` None: as every door
+    grades, ``grades_calibrated``)."""
+    calibrated = grades_calibrated(run_dir) if calibrated is None else calibrated
+    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    return float(summary.get("temperature") or 1.0) if calibrated else 1.0
+
+
+def of_run(run_dir: Path, calibrated: bool | None = None) -> OperatingPoint:
     """A run's operating point: the one stored in summary.json, else chosen from its
-    predictions.csv as training would have (``calibrated``: at the run's temperature, as every
-    door grades; otherwise on the raw probabilities, computed afresh)."""
+    predictions.csv as training would have. ``calibrated`` None: on the probabilities every door
+    grades with (``grades_calibrated``); True / False: at the run's temperature / at 1."""
     summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
     stored = summary.get("operating_point")
-    if calibrated and isinstance(stored, dict) and "threshold" in stored:
+    as_graded = grades_calibrated(run_dir)
+    calibrated = as_graded if calibrated is None else calibrated
+    if calibrated == as_graded and isinstance(stored, dict) and "threshold" in stored:
         return OperatingPoint.from_dict(stored)
-    return of_scores(_scores(run_dir), float(summary.get("temperature") or 1.0) if calibrated else 1.0)
+    return of_scores(load_scores(Path(run_dir)), grading_temperature(run_dir, calibrated))
 
 
-def of_runs(run_dirs: list[Path], calibrated: bool = True) -> OperatingPoint:
-    """The operating point of an ensemble that averages the runs' probabilities, chosen the same
-    way on their averaged validation probabilities (one run: ``of_run``)."""
+def of_runs(run_dirs: list[Path], calibrated: bool | None = None) -> OperatingPoint:
+    """The operating point of an ensemble that averages the runs' probabilities (each at
+    ``grading_temperature``), chosen the same way on their averaged validation probabilities
+    (one run: ``of_run``)."""
     if len(run_dirs) == 1:
         return of_run(run_dirs[0], calibrated)
     splits: dict[str, list] = {}
     for run_dir in run_dirs:
-        summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
-        temperature = float(summary.get("temperature") or 1.0) if calibrated else 1.0
-        for split, s in _scores(run_dir).items():
+        temperature = grading_temperature(run_dir, calibrated)
+        for split, s in load_scores(Path(run_dir)).items():
             splits.setdefault(split, []).append((s, s.probs(temperature)))
     averaged = {}
     for split, members in splits.items():
@@ -187,3 +207,33 @@ def of_runs(run_dirs: list[Path], calibrated: bool = True) -> OperatingPoint:
         return OperatingPoint(why="the models have no validation predictions with logits to choose a threshold on")
     test = averaged.get("test", (None, None))
     return choose(*averaged["val"], *test)
+
+
+def calibration_check(run_dir: Path, temperature: float | None) -> dict | None:
+    """Whether temperature scaling improved the test probabilities (lower NLL *and* lower ECE),
+    on how many validation images the temperature was fitted, and one sentence that says so.
+    Where it did not improve them, Classify and Evaluation show the uncalibrated probabilities
+    by default. None without test predictions."""
+    from .trust import shown_against
+
+    scores = load_scores(Path(run_dir))
+    test, val = scores.get("test"), scores.get("val")
+    if test is None:
+        return None
+    t = float(temperature or 1.0)
+    nll = [metrics.nll(test.labels, test.probs(x)) for x in (1.0, t)]
+    ece = [metrics.expected_calibration_error(test.labels, test.probs(x)) for x in (1.0, t)]
+    n_val = 0 if val is None else len(val.labels)
+    helps = t != 1.0 and nll[1] < nll[0] and ece[1] < ece[0]
+    change = (f"NLL {nll[0]:.3f} → {shown_against(nll[1], nll[0], 3)}, "
+              f"ECE {ece[0]:.3f} → {shown_against(ece[1], ece[0], 3)}")
+    if t == 1.0:
+        sentence = "No temperature was fitted (no validation split): the probabilities are the model's own."
+    elif helps:
+        sentence = f"Temperature {t:.2f}, fitted on {n_val:,} validation images, improves the test probabilities: {change}."
+    else:
+        worse = " and ".join(w for w, (a, b) in (("NLL", nll), ("ECE", ece)) if not b < a)
+        sentence = (f"Temperature scaling (T = {t:.2f}, fitted on {n_val:,} validation images) does not improve the "
+                    f"test {worse}: {change}.")
+    return {"temperature": t, "val_images": n_val, "helps": helps, "test_nll": nll, "test_ece": ece,
+            "sentence": sentence}

@@ -132,8 +132,14 @@ def slot_text(run: RunInfo) -> str:
 VERDICT_COLOURS = {"usable": "green", "weak": "orange", "no better than guessing": "red"}
 
 
+def verdict_colour(trust: dict | None) -> str:
+    """The verdict's colour (green, orange, red; gray when not judged): for a number that the
+    verdict qualifies, such as the gain over the majority baseline."""
+    return VERDICT_COLOURS.get(trust["verdict"], "gray") if trust else "gray"
+
+
 def verdict_badge(trust: dict | None) -> str:
     """The verdict as Streamlit markdown, coloured: :green[usable], :orange[weak], :red[...]."""
     if not trust:
         return ":gray[not judged]"
-    return f":{VERDICT_COLOURS.get(trust['verdict'], 'gray')}[**{trust['verdict']}**]"
+    return f":{verdict_colour(trust)}[**{trust['verdict']}**]"

@@ -19,7 +19,7 @@ from ..config import GRADE_NAMES
 from ..data.patients import straddling
 from ..data.sources import source_of
 from ..errors import DataError
-from ..judging import decision, metrics, operating, trust
+from ..judging import comparison, decision, metrics, operating, trust
 from . import display
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
@@ -34,21 +34,13 @@ CI_METRICS = (("acc", "accuracy"), ("auc", "macro AUC (one grade vs the rest)"),
               ("macro_f1", "macro F1"), ("referable_auc", "referable-DR AUC (grade ≥ 2)"))
 
 
-def load_scores(run_dir: Path) -> dict:
-    """operating.load_scores; empty for a predictions.csv without logits (written before they were kept)."""
-    try:
-        return operating.load_scores(Path(run_dir))
-    except KeyError:
-        return {}
-
-
 def referable_point(run_dir: Path) -> dict:
     """The run's operating point (operating.of_run: the threshold every door applies) with, on
     every split, its sensitivity and specificity (95 % Wilson intervals), PPV and NPV there."""
     point = operating.of_run(Path(run_dir))
     out: dict = point.to_dict()
     temperature = float((runs.read_json(Path(run_dir) / "summary.json", {}) or {}).get("temperature") or 1.0)
-    for split, s in load_scores(run_dir).items():
+    for split, s in operating.load_scores(run_dir).items():
         op = metrics.operating_point(s.labels, s.probs(temperature), point.threshold)
         op["sensitivity_ci"] = list(trust.wilson_interval(op["tp"], op["tp"] + op["fn"]))
         op["specificity_ci"] = list(trust.wilson_interval(op["tn"], op["tn"] + op["fp"]))
@@ -169,19 +161,18 @@ def _recipe_section(config: dict, summary: dict) -> Section:
     return Section("Recipe", [Table(["", ""], rows)])
 
 
-def _results_section(summary: dict, verdict: dict | None) -> Section:
-    acc_ci = summary.get("test_acc_ci") or ((verdict or {}).get("checks") or {}).get("acc_ci")
+def _results_section(summary: dict, ci: dict) -> Section:
+    """``ci``: the run's intervals (comparison.intervals)."""
     rows = []
     for key, label in CI_METRICS:
         value = summary.get(f"test_{key}")
-        interval = acc_ci if key == "acc" else summary.get(f"test_{key}_ci")
+        interval = ci.get(f"test_{key}_ci")
         if key == "acc":
             rows.append([label, display.percent(value), _ci(interval)])
             rows.append(["always the commonest training grade", display.percent(summary.get("test_majority_acc")), "–"])
         else:
             rows.append([label, display.number(value), _ci_number(interval)])
-    method = ("stratified bootstrap over the test images" if summary.get("test_acc_ci")
-              else "Wilson score interval for accuracy; none computed for the others")
+    method = ci.get("test_ci_method") or "Wilson score interval for accuracy; none computed for the others"
     support = summary.get("test_support") or [None] * len(GRADE_NAMES)
 
     def per_class(key: str, g: int) -> str:  # a grade without test images has no recall to speak of
@@ -235,7 +226,7 @@ def _examples_section(run_dir: Path, summary: dict, verdict: dict | None) -> Sec
     these are the run's own test photos)."""
     point = operating.of_run(run_dir)
     usable = trust.is_usable_verdict(verdict)
-    test = load_scores(run_dir).get("test")
+    test = operating.load_scores(run_dir).get("test")
     blocks: list = ["Every photo gets one answer: **graded** (a grade and a referral), **not graded** (it failed a "
                     "photo check: field of view, retinal detail or its features; the reasons are given) or **no usable "
                     "model**. Only a graded photo has a grade and a referral; what the model would say otherwise is "
@@ -256,7 +247,7 @@ def _examples_section(run_dir: Path, summary: dict, verdict: dict | None) -> Sec
 
 def _calibration_section(run_dir: Path, summary: dict) -> Section:
     temperature = summary.get("temperature")
-    scores = load_scores(run_dir)
+    scores = operating.load_scores(Path(run_dir))
     rows = []
     for split, name in (("val", "validation"), ("test", "test")):
         if f"{split}_ece" not in summary:
@@ -264,9 +255,11 @@ def _calibration_section(run_dir: Path, summary: dict) -> Section:
         after_nll = metrics.nll(scores[split].labels, scores[split].probs(temperature)) if split in scores else None
         rows.append([name, display.number(summary.get(f"{split}_ece"), 4), display.number(summary.get(f"{split}_ece_calibrated"), 4),
                      display.number(summary.get(f"{split}_loss"), 4), display.number(after_nll, 4)])
+    check = operating.calibration_check(run_dir, temperature)
     return Section("Calibration", [
         f"Temperature scaling divides the logits by one number, {display.number(temperature, 3)}, fitted on validation: "
-        "it changes how confident the probabilities are, never which grade wins. The exported model includes it.",
+        "it changes how confident the probabilities are, never which grade wins. The exported model includes it."
+        + (f" {check['sentence']}" if check else ""),
         Table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows)])
 
 
@@ -366,8 +359,9 @@ def build(run_dir: str | Path, export: dict | None = None) -> Card:
             "the five DR grades and will give such a photo one of them.",
             "Grading image quality: it refuses photos with no retinal detail (plain, shaded, far too blurred or "
             "noisy discs), but does not grade how good a photo is."]]),
-        _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, verdict),
-        _operating_section(point), _examples_section(run.path, summary, verdict), _calibration_section(run.path, summary), _trust_section(verdict, summary),
+        _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, comparison.intervals(run)),
+        _operating_section(point), _examples_section(run.path, summary, verdict),
+        _calibration_section(run.path, summary), _trust_section(verdict, summary),
         _limitations(config, summary, verdict)]
     if export:
         sections.append(_export_section(export))

@@ -23,7 +23,6 @@ worker, and the next worker adopts them (their slots stay busy until they end).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -32,10 +31,9 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import runs
 
@@ -74,18 +72,7 @@ def _base(runs_dir: Path | None) -> Path:
     return base
 
 
-@contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_locked = runs.locked
 
 
 def _identity(config: dict) -> dict:

@@ -185,8 +185,12 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     summary["test_acc_per_epoch"] = [r.get("test_acc") for r in epochs_done]
     summary.update(baseline)
     summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
-    # The referral threshold every door applies, chosen from predictions.csv as operating.of_run would.
-    summary["operating_point"] = operating.of_scores(operating.load_scores(run_dir), summary["temperature"]).to_dict()
+    # Whether every door grades with calibrated probabilities (not where the temperature made test
+    # NLL or ECE worse), and the referral threshold they apply, chosen on those probabilities.
+    check = operating.calibration_check(run_dir, summary["temperature"])
+    summary["grades_calibrated"] = check is None or bool(check["helps"])
+    temperature = summary["temperature"] if summary["grades_calibrated"] else 1.0
+    summary["operating_point"] = operating.of_scores(operating.load_scores(run_dir), temperature).to_dict()
     runs.write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -215,7 +219,8 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
         probs = softmax(lg)
         summary.update(classification_metrics(y, probs, prefix=f"{split}_"))
         if split == "test":  # how far each headline number can move on another draw of test images
-            summary.update(stats.confidence_intervals(y, probs, prefix="test_", seed=cfg.seed))
+            summary.update(stats.confidence_intervals(y, probs, prefix="test_", seed=cfg.seed, points={
+                m: summary.get(f"test_{m}") for m in stats.CI_METRICS}))
         summary[f"{split}_loss"] = nll(y, probs)
         summary[f"{split}_ece"] = expected_calibration_error(y, probs)
         summary[f"{split}_ece_calibrated"] = expected_calibration_error(y, softmax(lg, temperature))

@@ -296,7 +296,7 @@ def test_labels_csv_with_bad_rows(tmp_path: Path) -> None:
     rows[4] = f"{names[3]},4.5"
     path = lab / "labels.csv"
     path.write_bytes(("\r\n".join(rows) + "\r\n\r\n").encode("utf-8-sig"))
-    with pytest.raises(DataError, match="row 4: '4.5'"):
+    with pytest.raises(DataError, match="line 5: '4.5'"):
         open_source(str(path))
 
 

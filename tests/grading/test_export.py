@@ -88,6 +88,8 @@ def resnet50_run(usable_run: Path, tmp_path_factory) -> Path:
     save_checkpoint(ck, path)
     config = runs.read_json(run_dir / "config.json")
     runs.write_json(run_dir / "config.json", {**config, "arch": "resnet50", "preprocess": "crop"})
+    summary = runs.read_json(run_dir / "summary.json")  # graded with its temperature, as a run it helped
+    runs.write_json(run_dir / "summary.json", {**summary, "temperature": 1.5, "grades_calibrated": True})
     return run_dir
 
 
@@ -131,16 +133,20 @@ def test_preprocessing_json_says_what_a_user_must_know(onnx_export: Path, guessi
     assert pre["image_size"] == 32 and pre["input"]["dtype"] == "uint8" and pre["input"]["layout"] == "NHWC"
     assert pre["mean"] == ck["preprocessing"]["mean"] and pre["std"] == ck["preprocessing"]["std"]
     assert pre["crop"] == "none" and "BILINEAR" in pre["resize"]
-    assert pre["temperature"] == pytest.approx(ck["temperature"]) and pre["flip_averaging"] is True
+    assert pre["fitted_temperature"] == pytest.approx(ck["temperature"]) and pre["flip_averaging"] is True
+    # The temperature inside the graph is the one every door grades with (none where it did not help).
+    assert pre["calibrated"] is operating.grades_calibrated(guessing_run)
+    assert pre["temperature"] == pytest.approx(ck["temperature"] if pre["calibrated"] else 1.0)
     assert pre["grade_names"] == ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
     assert pre["trust"]["verdict"] == "no better than guessing" == summary["trust"]["verdict"]
     assert pre["trust"]["reasons"] == summary["trust"]["reasons"]
     assert pre["ood"]["threshold"] == pytest.approx(float(ck["ood"]["threshold"]))
-    # Validation's choice is the Evaluation page's (predictions.csv, calibrated, 90 % sensitivity), but
+    # Validation's choice is the Evaluation page's (predictions.csv, the probabilities the run grades
+    # with, 90 % sensitivity), but
     # 16 validation photos cannot support it: the run's operating point says so and the default is in force.
     preds = runs.read_predictions(guessing_run)
     val = preds[preds["split"] == "val"]
-    probs = metrics.softmax(val[[f"logit{c}" for c in range(5)]].to_numpy(), ck["temperature"])
+    probs = metrics.softmax(val[[f"logit{c}" for c in range(5)]].to_numpy(), pre["temperature"])
     threshold = operating.threshold_for_sensitivity(val["label"].to_numpy(), probs, 0.90)
     referable = pre["referable"]
     assert referable["chosen_threshold"] == pytest.approx(threshold) and referable["chosen_on"] == "val"
@@ -410,7 +416,10 @@ def test_model_card_of_a_run_without_logits(runs_dir: Path) -> None:
 
     run_dir = write_run(runs_dir, skill=0)  # an older predictions.csv: probabilities, no logits
     md = modelcard.to_markdown(modelcard.build(run_dir))
-    assert "**No reliable operating point**: the run has no validation predictions with logits" in md
+    # Log-probabilities stand in for the logits: every temperature scales both to the same probabilities.
+    point = modelcard.referable_point(run_dir)
+    assert "val" in point and "test" in point  # chosen on the log-probabilities of both splits
+    assert (f"≥ **{point['threshold']:.3f}**" if point["reliable"] else point["why"]) in md
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
 
 
