@@ -133,7 +133,8 @@ def test_classify_starts_from_the_champion_and_says_why(good_and_newer_smoke) ->
     assert at.multiselect[0].value == [good.name]  # not the newer smoke run
     assert f"{R18}: {display.short_label(runs.load_run(good))} (the only usable run of 2 finished)" in texts(at)
     note = operating.calibration_check(good, runs.load_run(good).summary.get("temperature"))
-    assert note["sentence"] in texts(at) and "fitted on 60 validation images" in note["sentence"]
+    n_val = len(runs.read_predictions(good).query("split == 'val'"))
+    assert note["sentence"] in texts(at) and f"fitted on {n_val} validation images" in note["sentence"]
     # Classify grades as every door does: calibrated only where the temperature helped on test.
     assert ("Every door grades this model with its own, uncalibrated" in texts(at)) is (not note["helps"])
 
