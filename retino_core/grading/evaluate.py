@@ -71,7 +71,7 @@ def evaluate(run: str | os.PathLike, data: str, name: str | None = None, runs_di
     plus where, on what and how fast)."""
     run_dir = runs.resolve_run_dir(run, runs_dir)
     name = external.check_name(name) if name else external.default_name(data)
-    src = open_source(data)  # a DataError names every problem of the data set
+    src = open_source(data, whole=True)  # a DataError names every problem of the data set
     predictor = Predictor.from_run(run_dir)
     photos = _photos(src)
     started = time.perf_counter()

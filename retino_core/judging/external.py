@@ -115,6 +115,22 @@ def read_all(run_dir: Path) -> list[dict]:
     return sorted(found, key=lambda r: str(r.get("evaluated_at", "")), reverse=True)
 
 
+def elsewhere(run_dir: Path) -> list[dict]:
+    """The run's evaluations on photos other than its own data set's."""
+    return [r for r in read_all(run_dir) if not any("trained on" in w for w in r.get("warnings", []))]
+
+
+def measured_where(run_dir: Path, summary: dict) -> str:
+    """Where the run was measured, in one sentence, for its verdict line: its own test photos,
+    then any evaluation elsewhere ("not measured on other cameras" when there is none)."""
+    t = summary.get("trained_on") or {}
+    own = f"measured on {summary.get('data_name') or t.get('name') or 'its own data set'}'s test photos"
+    found = elsewhere(run_dir)
+    if not found:
+        return f"{own}; not measured on other cameras (python -m retino_core evaluate RUN --data DATA)"
+    return f"{own}, and {'; '.join(sentence(r) for r in found)}"
+
+
 def sentence(result: dict) -> str:
     """'on 486 photos of clinic-x: no better than guessing (accuracy 45.1 %, 95 % CI …; always
     No DR 46.7 %); 13 not graded, 2 unreadable'."""

@@ -129,3 +129,32 @@ def test_measure_scores_the_grades_given_not_the_most_probable() -> None:
     assert (result["n"], result["n_refused"], result["n_answered"]) == (65, 3, 60)
     assert result["external_auc"] == pytest.approx(1.0)  # the probabilities still rank perfectly
     assert external.measure([], [], [], [NOT_GRADED], 0)["verdict"] is None
+
+
+def test_results_classify_compare_and_the_card_show_where_the_run_was_measured(usable_run: Path, runs_dir: Path,
+                                                                             clinic: Path) -> None:
+    import shutil
+
+    from app_fixtures import open_page, texts
+    from retino_core.report import modelcard
+
+    run = Path(shutil.copytree(usable_run, runs_dir / usable_run.name))
+    classify = open_page("classify")
+    classify.file_uploader[0].set_value(("eye.jpg", jpeg_bytes(fundus_image(28, grade=2, easy=True)), "image/jpeg"))
+    classify.toggle(key="grad_cam").set_value(False)
+    classify.run()
+    assert "s test photos; not measured on other cameras" in texts(classify)
+    assert "No external validation" in modelcard.to_markdown(modelcard.build(run))
+
+    assert main(["evaluate", run.name, "--data", str(clinic), "--name", "clinic-x", "--quiet"]) == 1
+    said = external.sentence(external.read_all(run)[0])
+    results = open_page("results")
+    assert not results.exception
+    assert any(e.label == f"External: {said}" for e in results.expander)
+    assert "not measured on other cameras" not in texts(results) and said in texts(results)
+    classify.run()
+    assert said in texts(classify) and "not measured on other cameras" not in texts(classify)
+    compare = open_page("compare")
+    assert not compare.exception and f"external: {said}" in texts(compare)
+    card = modelcard.to_markdown(modelcard.build(run))
+    assert "**External evaluation**" in card and said in card and "No external validation" not in card
