@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import operating, trust
+from retino_core.judging import external, operating, trust
 from retino_core.judging.decision import NO_USABLE_MODEL, NOT_GRADED, combine, decide
 from retino_core.config import GRADE_NAMES
 from retino_core.data.images import SAMPLE_IMAGE, load_image
@@ -178,6 +178,9 @@ def cam(run_id: str, k: int, grade: int) -> None:
                f"({layer}, {grid[0]}×{grid[1]} cells; outside the field of view left uncoloured)")
 
 
+measured = {i: external.measured_where(by_id[i].path, by_id[i].summary) for i in predictors}
+
+
 def model_card(run_id: str, k: int) -> None:
     """One model's own answer for image k; greyed, as what it would say, unless it grades."""
     d = own[run_id][k]
@@ -195,7 +198,7 @@ def model_card(run_id: str, k: int) -> None:
             st.plotly_chart(figures.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
                                                        colours=None if usable[run_id] else ["#b0b0b0"]),
                             width="stretch", key=f"p-{run_id}-{k}")
-        st.caption(predictors[run_id].domain())
+        st.caption(f"{predictors[run_id].domain()}; {measured[run_id]}.")
         if show_cam:
             cam(run_id, k, d.would_say_grade)
 

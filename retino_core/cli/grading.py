@@ -1,4 +1,4 @@
-"""Commands that grade photos outside the app: ``predict`` and ``export``."""
+"""Commands that grade photos outside the app: ``predict``, ``evaluate`` and ``export``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--runs-dir", type=Path)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="grade a labelled data set from elsewhere (another camera, another clinic) "
+                                        "as every door would, and measure the run on it")
+    p.add_argument("run", help="run folder or run id")
+    p.add_argument("--data", required=True, help="a labels .csv, a lab folder, an .npz or 'retinamnist': all its photos")
+    p.add_argument("--name", help="what to call these photos (letters, digits, . _ -; default: the data's name); "
+                                  "the result is <run>/external/<name>.json, with the photos' answers in <name>.csv")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the run was evaluated)")
+    p.add_argument("--batch-size", type=int, help="photos per forward pass (default 16, fewer from 256 px up)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--runs-dir", type=Path)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a run's grader for use outside the app: the model, "
                                       "preprocessing.json, the model card and predict_onnx.py")
@@ -101,6 +115,24 @@ def _print_text(row: dict) -> None:
         print(f"  reason: {line}")
     for line in row["warnings"]:
         print(f"  warning: {line}")
+
+
+def cmd_evaluate(args) -> int:
+    from ..grading.evaluate import evaluate
+    from ..judging import external
+
+    result = evaluate(args.run, args.data, args.name, args.runs_dir, args.tta, args.batch_size,
+                      progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        for line in result["warnings"]:
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"{result['run_id']} {external.sentence(result)}")
+        for line in external.detail_lines(result):
+            print(f"  {line}")
+        print(f"written to {result['json']} (answers per photo: {result['csv']})")
+    return 1 if result["n_unreadable"] else 0
 
 
 def cmd_export(args) -> int:

@@ -273,14 +273,14 @@ def grade(predictor: Predictor, items: Sequence[tuple[str, str]], tta: bool | No
     try:
         for batch in loader:
             ok = [(path, Image.fromarray(pixels.numpy())) for path, pixels, _ in batch if pixels is not None]
-            graded = dict(_predict(predictor, ok, tta))
+            graded = dict(predict_batch(predictor, ok, tta))
             for path, _, error in batch:
                 yield graded.get(path) or Graded(path, error=error)
     finally:
         torch.set_num_threads(threads)
 
 
-def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple[str, Graded]]:
+def predict_batch(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple[str, Graded]]:
     """Grade a batch at once; should that fail, each photo alone, so only the one at fault gets the error."""
     if not ok:
         return

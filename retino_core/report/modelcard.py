@@ -19,7 +19,7 @@ from ..config import GRADE_NAMES
 from ..data.patients import straddling
 from ..data.sources import source_of
 from ..errors import DataError
-from ..judging import comparison, decision, metrics, operating, trust
+from ..judging import comparison, decision, external, metrics, operating, trust
 from . import display
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
@@ -282,7 +282,7 @@ def _trust_section(verdict: dict | None, summary: dict) -> Section:
     return Section("How far to trust it", blocks)
 
 
-def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
+def _limitations(config: dict, summary: dict, verdict: dict | None, run_dir: Path) -> Section:
     t = summary.get("trained_on") or {}
     size = int(config.get("image_size") or 0)
     source = summary.get("data_name") or t.get("name") or "one data set"
@@ -296,8 +296,15 @@ def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
                      f"first, and detail finer than (its side ÷ {size}) pixels is lost to the model.")
     items.append(f"**One data source.** Training, validation and test photos all come from {source}. Its numbers say "
                  "nothing about other cameras, clinics, ethnicities or ages.")
-    items.append("**No external validation.** It has not been tested on an independent data set, nor prospectively, "
-                 "nor against a clinical reference standard; the test split comes from the training source.")
+    found = external.elsewhere(run_dir)
+    if found:
+        items.append("**External evaluation** (`evaluate`, graded as every door grades: refused photos counted, not "
+                     "scored): " + "; ".join(external.sentence(r) for r in found) + ". Not prospective, and not "
+                     "against a clinical reference standard beyond those photos' labels.")
+    else:
+        items.append("**No external validation.** It has not been tested on an independent data set, nor "
+                     "prospectively, nor against a clinical reference standard; the test split comes from the "
+                     "training source (`python -m retino_core evaluate RUN --data DATA` measures it on other photos).")
     support = summary.get("test_support") or [0] * len(GRADE_NAMES)
     weak = [f"{GRADE_NAMES[g]} ({display.number(r, 2)})" for g, r in enumerate(summary.get("test_recall") or [])
             if r is not None and r < 0.5 and support[g]]
@@ -362,7 +369,7 @@ def build(run_dir: str | Path, export: dict | None = None) -> Card:
         _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, comparison.intervals(run)),
         _operating_section(point), _examples_section(run.path, summary, verdict),
         _calibration_section(run.path, summary), _trust_section(verdict, summary),
-        _limitations(config, summary, verdict)]
+        _limitations(config, summary, verdict, run.path)]
     if export:
         sections.append(_export_section(export))
     facts = {key: summary.get(key) for key in summary if key.startswith("test_") or key in ("temperature", "val_n")}
