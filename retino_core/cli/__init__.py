@@ -1,5 +1,5 @@
-"""The command line: ``python -m retino_core {train,sweep,stop,resume,predict,export,runs,compare,note,
-mlflow-sync,validate,worker,bench}``.
+"""The command line: ``python -m retino_core {train,sweep,stop,resume,predict,evaluate,export,runs,compare,
+note,mlflow-sync,validate,worker,bench}``.
 
 One module per group of commands; each adds its parsers (``add_parsers``) and its ``cmd_*``
 functions, which ``main`` calls through the parser's ``func`` default.

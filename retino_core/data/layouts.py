@@ -380,6 +380,8 @@ def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None
     patients, rules = assign_patients(names, patient_regex, column)
     report.info["patients"] = patient_summary(names, patients, rules)
     full = Split(labels=labels, names=names, paths=paths, patients=patients)
+    if test_fraction <= 0:  # every photo measured, none trained on (evaluate)
+        return DataSource(name=report.source, kind="csv", root=path, report=report, splits={"test": full})
     rest, test = carve_split(labels, names, test_fraction, seed, patients)
     src = DataSource(name=report.source, kind="csv", root=path, report=report,
                      splits={"train": full.subset(rest), "test": full.subset(test)})
