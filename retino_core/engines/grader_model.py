@@ -8,7 +8,10 @@ MLflow, pandas and what predict_onnx.py needs (onnxruntime, numpy, Pillow). Noth
 
 Input: a DataFrame with a column ``path`` (photo files) and/or ``image`` (a photo's bytes, as an
 upload gives them), and optionally ``name`` (what to call an ``image`` row in the answer).
-Output: one row per input row, the export's own row (``predict_onnx.py``'s JSON lines).
+Output: one row per input row, the export's own row (``predict_onnx.py``'s JSON lines), which is
+the row ``predict --json`` gives: the one answer per photo of ``judging.decision.decide``, which
+predict_onnx.py carries by source (status graded / not graded / no usable model / unreadable;
+grade, grade_name and refer null unless graded; the referral first, at the run's threshold).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ pinned run, else the best finished usable run, ...) is a version of the register
     mlflow.pyfunc.load_model("models:/retino-retinamnist-resnet18-pretrained@champion").predict(
         pandas.DataFrame({"path": ["photo.jpg"]}))
 
-answers as the export's ``predict_onnx.py`` does, decision and all. Registering again changes
+answers as the export's ``predict_onnx.py`` does, and so as ``predict --json`` does: one row a
+photo, decided by ``judging.decision.decide`` at the run's operating point. An export that
+would answer otherwise (an older release's) is made again first. Registering again changes
 nothing; a new champion gets a version of its own and the alias moves to it.
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from .. import runs
 from ..errors import CheckpointError, ExportError, TrackingError
-from ..judging import champions, trust
+from ..judging import champions, operating, trust
 from . import tracking
 
 GRADER = Path(__file__).with_name("grader_model.py")
@@ -78,12 +80,20 @@ def register_champions(client, all_runs: list[runs.RunInfo], experiment: str = t
 
 
 def _export(run: runs.RunInfo) -> Path:
-    """The run's checked ONNX export, made now when it has none."""
-    from ..grading import export
+    """The run's checked ONNX export, made now when it has none or when it would not answer as
+    the app does today (a predict_onnx.py of an older release, another referral threshold)."""
+    from ..grading import export, standalone
 
     folder = export.default_folder(run.path, "onnx")
-    if export.read_export(folder) is None:
-        print(f"exporting {run.run_id} ({run.configuration}) to ONNX for the registry…", file=sys.stderr, flush=True)
+    pre = export.read_export(folder)
+    script = folder / export.SCRIPT
+    current = pre is not None and script.is_file() and script.read_text(encoding="utf-8") == \
+        standalone.standalone_script() and pre.get("calibrated") == operating.grades_calibrated(run.path) \
+        and (pre.get("referable") or {}).get("threshold") == operating.of_run(run.path).threshold
+    if not current:
+        why = "it has no export" if pre is None else "its export answers by an older rule"
+        print(f"exporting {run.run_id} ({run.configuration}) to ONNX for the registry: {why}…",
+              file=sys.stderr, flush=True)
         export.export_run(run.path, "onnx")
     return folder
 
@@ -151,8 +161,10 @@ def _version(client, name: str, mrun, folder: Path, digest: str, champ):
             quiet.level = level
         client.log_artifacts(mrun.info.run_id, str(Path(tmp) / "grader"), artifact_path=path)
     verdict = trust.of_summary(champ.run.summary) or {}
+    # What holds for every photo it answers (predict_onnx.py says it once, before the rows).
+    says = str(((runs.read_json(folder / "preprocessing.json", {}) or {}).get("referable") or {}).get("says", ""))
     return client.create_model_version(
         name, source=f"{mrun.info.artifact_uri}/{path}", run_id=mrun.info.run_id,
         tags={"retino.run_id": champ.run.run_id, "retino.grader": digest,
-              "retino.verdict": verdict.get("verdict", "not judged")},
-        description=f"run {champ.run.run_id}: {trust.label(verdict) if verdict else 'not judged'}")
+              "retino.verdict": verdict.get("verdict", "not judged"), "retino.operating_point": says},
+        description=f"run {champ.run.run_id}: {trust.label(verdict) if verdict else 'not judged'}. {says}")
