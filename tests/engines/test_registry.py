@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -166,3 +167,12 @@ def test_the_alias_follows_the_champion(mlflow_server, lab_runs, usable_run, cap
     assert script.read_text() == standalone.standalone_script()
     now = client.get_model_version_by_alias(name, "champion")
     assert (now.version, now.tags["retino.grader"]) == (back.version, back.tags["retino.grader"])
+
+
+def test_the_same_package_writes_the_same_predict_onnx_py_in_every_process() -> None:
+    """A registration in another process must find the export current (not make a new version
+    of the same model): the script's constants may not follow a process's string hashing."""
+    code = "import sys; from retino_core.grading import standalone; sys.stdout.write(standalone.standalone_script())"
+    scripts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(scripts) == 1 and "GLOB_CHARS = frozenset({" in scripts.pop()
