@@ -18,6 +18,7 @@ nothing; a new champion gets a version of its own and the alias moves to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -141,6 +142,21 @@ def _ensure_model(client, name: str, run: runs.RunInfo) -> None:
             raise
 
 
+@contextlib.contextmanager
+def _quiet():
+    """No MLflow chatter on stderr while a version is made: "no input example" (a photo is not
+    one to store with the model) and "Waiting up to 300 seconds for model version..."."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
 def _version(client, name: str, mrun, folder: Path, digest: str, champ):
     """The version of this run's model with this digest; logged and created when there is none."""
     import mlflow.pyfunc
@@ -149,22 +165,16 @@ def _version(client, name: str, mrun, folder: Path, digest: str, champ):
         if found.tags.get("retino.grader") == digest:
             return found
     path = f"grader/{digest}"
-    with tempfile.TemporaryDirectory(prefix="retino-grader-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no input example": a photo is not one to store with the model
-        quiet = logging.getLogger("mlflow")
-        level, quiet.level = quiet.level, logging.ERROR
-        try:
-            mlflow.pyfunc.save_model(path=str(Path(tmp) / "grader"), python_model=str(GRADER),
-                                     artifacts={"export": str(folder)}, pip_requirements=PIP_REQUIREMENTS,
-                                     signature=_signature())
-        finally:
-            quiet.level = level
-        client.log_artifacts(mrun.info.run_id, str(Path(tmp) / "grader"), artifact_path=path)
     verdict = trust.of_summary(champ.run.summary) or {}
     # What holds for every photo it answers (predict_onnx.py says it once, before the rows).
     says = str(((runs.read_json(folder / "preprocessing.json", {}) or {}).get("referable") or {}).get("says", ""))
-    return client.create_model_version(
-        name, source=f"{mrun.info.artifact_uri}/{path}", run_id=mrun.info.run_id,
-        tags={"retino.run_id": champ.run.run_id, "retino.grader": digest,
-              "retino.verdict": verdict.get("verdict", "not judged"), "retino.operating_point": says},
-        description=f"run {champ.run.run_id}: {trust.label(verdict) if verdict else 'not judged'}. {says}")
+    with tempfile.TemporaryDirectory(prefix="retino-grader-") as tmp, _quiet():
+        mlflow.pyfunc.save_model(path=str(Path(tmp) / "grader"), python_model=str(GRADER),
+                                 artifacts={"export": str(folder)}, pip_requirements=PIP_REQUIREMENTS,
+                                 signature=_signature())
+        client.log_artifacts(mrun.info.run_id, str(Path(tmp) / "grader"), artifact_path=path)
+        return client.create_model_version(
+            name, source=f"{mrun.info.artifact_uri}/{path}", run_id=mrun.info.run_id,
+            tags={"retino.run_id": champ.run.run_id, "retino.grader": digest,
+                  "retino.verdict": verdict.get("verdict", "not judged"), "retino.operating_point": says},
+            description=f"run {champ.run.run_id}: {trust.label(verdict) if verdict else 'not judged'}. {says}")
