@@ -12,6 +12,7 @@ Layout::
         summary.json     final test metrics of the checkpoint chosen on validation
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
         predictions.csv  per validation and test image: label, prediction, probabilities, logits
+        train.log        the trainer's output (stdout and stderr), written when the queue starts it
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)
         export/<format>/ an exported grader (``python -m retino_core export``)
         checkpoints/best.pt, checkpoints/last.pt
@@ -357,6 +358,17 @@ class RunInfo:
         return self.status.get("created") or self.config.get("created") or ""
 
     @property
+    def queued_at(self) -> float:
+        """When the run was last queued (its place in the queue), else when it was created."""
+        ts = self.status.get("queued_ts")
+        if isinstance(ts, (int, float)):
+            return float(ts)
+        try:
+            return datetime.fromisoformat(self.created).timestamp()
+        except ValueError:
+            return 0.0
+
+    @property
     def notes(self) -> str:
         return str(self.annotations.get("notes") or "")
 
@@ -407,6 +419,30 @@ def read_predictions(run_dir: Path):
         return pd.read_csv(Path(run_dir) / "predictions.csv")
     except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
         return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def log_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "train.log"
+
+
+def log_tail(run_dir: Path, max_lines: int = 60, max_bytes: int = 64_000) -> str:
+    """The end of train.log as a terminal last showed it: a progress bar's redraws (carriage
+    returns) keep only their last state. "" when the run has no log."""
+    try:
+        with open(log_path(run_dir), "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = []
+    for line in _ANSI.sub("", data).replace("\r\n", "\n").split("\n"):
+        shown = [part.rstrip() for part in line.split("\r") if part.strip()]
+        if shown:
+            lines.append(shown[-1])
+    return "\n".join(lines[-max_lines:])
 
 
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
