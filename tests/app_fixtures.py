@@ -70,7 +70,7 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
                          "time": t0 + 60.0 * (epoch - 1) + 50.0 * k / rows_per_epoch})
         row = {"kind": "epoch", "epoch": epoch, "best": True, "elapsed": 60.0 * epoch, "time": t0 + 60.0 * epoch,
                "train_loss": 1.6 / (1 + 0.3 * epoch), "train_acc": 0.4 + 0.05 * epoch,
-               "train_seconds": 50.0, "eval_seconds": 10.0}
+               "train_seconds": 50.0, "eval_seconds": 10.0, "train_images": steps * cfg.batch_size}
         for split in ("val", "test"):
             labels = source.splits[split].labels
             row.update(classification_metrics(labels, probabilities(labels, skill * epoch / epochs), f"{split}_"))
@@ -79,6 +79,8 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
     runs.append_jsonl(run_dir / "metrics.jsonl", rows)
 
     status = {"created": runs.now_iso(), "progress": {"epoch": done, "epochs": epochs, **baseline}}
+    if state != "queued":  # where it trained: its speed counts for estimates on this machine
+        status["host"] = os.uname().nodename
     if state == "running":
         status.update(pid=os.getpid(), host=os.uname().nodename, heartbeat_ts=time.time(), started=runs.now_iso())
     if state in ("failed", "interrupted"):
@@ -88,6 +90,7 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
         return run_dir
 
     summary = {"best_epoch": epochs, "selected_on": "val", "temperature": 1.3, "arch": arch,
+               "trained_on": {"data": data, "name": source.name, "train_images": len(train_labels)},
                "pretrained": pretrained, "epochs": epochs, "data": data, "data_name": source.name,
                "train_seconds": 60.0 * epochs, "test_acc_per_epoch": [r["test_acc"] for r in rows if r["kind"] == "epoch"],
                **baseline}
