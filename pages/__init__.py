@@ -46,3 +46,80 @@ def set_runs_at_once(n: int) -> str:
     """Store the number of slots for the worker; the sentence that says how the queue trains."""
     launch.set_parallel(n)
     return "They train one at a time." if n == 1 else f"Up to {n} train at once, each in its own slot."
+
+
+# ---------------------------------------------------------------- values that outlive a page switch
+KEPT = "kept_values"
+
+
+def keep(defaults: dict) -> None:
+    """Give each widget key its value from earlier in this session, else its default, before the
+    widget is drawn: Streamlit forgets the value of a widget that a page switch did not draw,
+    but not a plain session value. Draw the widgets without ``value`` / ``index``, then call
+    ``remember``."""
+    kept = st.session_state.setdefault(KEPT, {})
+    for key, default in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = kept.get(key, default)
+
+
+def remember(keys) -> None:
+    """Copy the widgets' current values where a page switch does not forget them."""
+    kept = st.session_state.setdefault(KEPT, {})
+    kept.update({k: st.session_state[k] for k in keys if k in st.session_state})
+
+
+# ---------------------------------------------------------------- the selection in the URL
+
+
+def url_ids(param: str) -> list[str]:
+    """The run ids a link names: ``?run=ID`` or ``?runs=A,B`` (text only: looked up, never a path)."""
+    return [i.strip() for i in str(st.query_params.get(param, "")).split(",") if i.strip()]
+
+
+def choose_runs(key: str, param: str, known: list[str], default, many: bool = False, warn: bool = True) -> None:
+    """Set the selection widget ``key`` before it is drawn: the runs a link names (``?param=``)
+    first, then what the user chose earlier in this session, then ``default`` (the champion).
+    Draw the widget with this key, no default and ``on_change=user_chose, args=(key,)``, then
+    call ``share_runs``. ``warn``: say which ids of the link are not in ``known``."""
+    raw = str(st.query_params.get(param, ""))
+    found = [i for i in url_ids(param) if i in known]
+    if warn:
+        warn_unknown(param, known)
+    if found and raw != st.session_state.get(f"{key}__url"):  # a link followed
+        st.session_state[key] = found if many else found[0]
+        return
+    kept = st.session_state.get(key, st.session_state.get(KEPT, {}).get(key))
+    valid = [i for i in (kept or []) if i in known] if many else (kept if kept in known else None)
+    chose = st.session_state.get(KEPT, {}).get(f"{key}__chosen")
+    st.session_state[key] = valid if chose and (valid or many) else default
+
+
+def warn_unknown(param: str, known: list[str]) -> None:
+    missing = [i for i in url_ids(param) if i not in known]
+    if missing:
+        st.warning(f"The link names {', '.join(missing)}, which is not among the runs shown here "
+                   "(deleted, not finished yet, or from another machine).")
+
+
+def user_chose(key: str) -> None:
+    """on_change of a selection widget: from now on this session's choice beats the default."""
+    st.session_state.setdefault(KEPT, {})[f"{key}__chosen"] = True
+
+
+def share_runs(param: str, *keys: str) -> None:
+    """Write the selection of the widgets ``keys`` into the URL (``?param=ID[,ID]``), so a link
+    opens this view."""
+    ids = []
+    for key in keys:
+        value = st.session_state.get(key)
+        ids += value if isinstance(value, list) else [value] if value else []
+        remember([key])
+    text = ",".join(str(i) for i in ids)
+    if str(st.query_params.get(param, "")) != text:
+        if text:
+            st.query_params[param] = text
+        else:
+            st.query_params.pop(param, None)
+    for key in keys:
+        st.session_state[f"{key}__url"] = text

@@ -11,7 +11,7 @@ from retino_core.config import GRADE_NAMES
 from retino_core.data.images import SAMPLE_IMAGE, load_image
 from retino_core.errors import ImageError
 
-from pages import through_the_app
+from pages import choose_runs, share_runs, through_the_app, user_chose
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -42,11 +42,13 @@ by_id = {r.run_id: r for r in finished}
 verdicts = {i: trust.of_summary(r.summary) for i, r in by_id.items()}
 usable = {i: trust.is_usable_verdict(v) for i, v in verdicts.items()}
 default = [r.run_id for r in lab.pick_four(finished, done_only=True).values() if r is not None]
+choose_runs("classify_models", "runs", list(by_id), default, many=True)  # ?runs=A,B opens these models
 chosen = st.multiselect(
-    "Models", list(by_id), default=default,
+    "Models", list(by_id), key="classify_models", on_change=user_chose, args=("classify_models",),
     format_func=lambda i: f"{by_id[i].configuration} · {display.short_label(by_id[i])} · {trust.label(verdicts[i])}",
     help="by default the newest finished run of each of the four configurations; only usable models "
          "enter the ensemble unless you include the others below")
+share_runs("runs", "classify_models")
 uploads = st.file_uploader("Fundus photographs (JPEG, PNG, TIFF, WebP, BMP or GIF)", type=UPLOAD_TYPES,
                            accept_multiple_files=True)
 c = st.columns(4)

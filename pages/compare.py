@@ -7,7 +7,7 @@ from retino_core.judging import comparison
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import through_the_app
+from pages import choose_runs, share_runs, through_the_app, user_chose, warn_unknown
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -61,15 +61,19 @@ data = left.selectbox("Dataset", specs, index=specs.index(current) if current in
                       format_func=display.data_label, help="only runs trained on the same data are compared")
 four = lab.pick_four(all_runs, data, done_only=True)
 pending = lab.not_done(all_runs, data)  # what the configurations without a finished run are doing
+warn_unknown("runs", [r.run_id for r in all_runs if r.state == "done" and lab.same_data(r, data)])
 with right.expander("Runs compared (newest finished of each configuration)"):
-    for name in lab.CONFIGURATIONS:
+    for name in lab.CONFIGURATIONS:  # ?runs=A,B,C,D: each run answers for its configuration
         options = [r for r in all_runs if r.state == "done" and r.configuration == name and lab.same_data(r, data)]
         if options:
             ids = [r.run_id for r in options]
-            picked = st.selectbox(name, ids, key=f"compare-{name}")
+            choose_runs(f"compare-{name}", "runs", ids, ids[0], warn=False)
+            picked = st.selectbox(name, ids, key=f"compare-{name}", on_change=user_chose, args=(f"compare-{name}",))
             four[name] = options[ids.index(picked)]
         else:
             st.caption(f"{name}: {pending.get(name, 'not trained on this dataset')}")
+share_runs("runs", *(f"compare-{name}" for name in lab.CONFIGURATIONS if four.get(name) is not None
+                     and f"compare-{name}" in st.session_state))
 
 frame = lab.comparison_frame(four, all_runs, data)
 trained = frame["test_acc"].notna().sum()

@@ -8,7 +8,7 @@ from retino_core.judging import metrics
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import through_the_app
+from pages import choose_runs, share_runs, through_the_app, user_chose
 from retino_core.report import figures  # noqa: E402
 from retino_core.report import display  # noqa: E402
 from retino_core.judging import operating  # noqa: E402
@@ -52,7 +52,10 @@ if not finished:
     st.stop()
 
 by_id = {r.run_id: r for r in finished}
-run = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+choose_runs("evaluation_run", "run", list(by_id), finished[0].run_id)  # ?run=ID opens that run
+run = by_id[st.selectbox("Run", list(by_id), key="evaluation_run", on_change=user_chose, args=("evaluation_run",),
+                         format_func=lambda i: f"{i} · {by_id[i].configuration}")]
+share_runs("run", "evaluation_run")
 scores = operating.load_scores(run.path)
 if "test" not in scores:
     st.warning("This run's predictions.csv has no test rows; nothing to evaluate.")

@@ -98,11 +98,10 @@ def configuration_cards() -> None:
         with column.container(border=True):
             st.markdown(f"**{name}**")
             if run is None:
-                st.caption("not trained on this dataset yet")
+                needs_weights(name)
                 continue
             if run.state in runs.ACTIVE_STATES:
-                steps = runs.step_rows(run.path) if run.state == "running" else []
-                progress = display.run_progress(run, steps)
+                progress = display.run_progress(run)
                 st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
                 st.caption(display.slot_text(run))
             elif run.state != "done":
@@ -133,6 +132,19 @@ def configuration_cards() -> None:
                 st.caption(verdict["reasons"][0])
 
 
+def needs_weights(name: str) -> None:
+    """An empty card: a pretrained configuration whose ImageNet weights file is missing says so,
+    with a link to the installer; the others wait for a first run."""
+    arch, pretrained = next((a, p) for a, p in lab.FOUR if lab.configuration_name(a, p) == name)
+    if pretrained and not weights.cached_file(arch).is_file():
+        st.caption(f"needs the ImageNet weights file ({weights.file_name(arch)}), which is not on this machine "
+                   "yet; online it downloads by itself")
+        st.page_link("pages/train.py", label="Install the weights", icon=":material/download:",
+                     query_params={"install": "weights"})
+    else:
+        st.caption("not trained on this dataset yet")
+
+
 configuration_cards()
 
 with st.form("train_four", border=False):
@@ -152,6 +164,9 @@ if clicked:
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
             st.error(f"Not queued: {lab.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        if refused:
+            st.page_link("pages/train.py", label="Install the ImageNet weights", icon=":material/download:",
+                         query_params={"install": "weights"})
         how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:
