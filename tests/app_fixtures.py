@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from retino_core import runs
 from retino_core.config import NUM_CLASSES, make_config
 from retino_core.data.sources import open_source
+from retino_core.judging import stats, trust
 from retino_core.judging.metrics import classification_metrics, majority_baseline, softmax
 
 
@@ -99,11 +100,16 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
         labels = source.splits[split].labels
         probs = probabilities(labels, skill)
         summary.update(classification_metrics(labels, probs, f"{split}_"))
+        if split == "test":  # the intervals the trainer stores with the summary
+            summary.update(stats.confidence_intervals(labels, probs, prefix="test_", seed=seed))
         df = pd.DataFrame({"split": split, "index": np.arange(len(labels)), "name": source.splits[split].names,
                            "label": labels, "pred": probs.argmax(1)})
         for c in range(NUM_CLASSES):
             df[f"p{c}"] = probs[:, c]
+        for c in range(NUM_CLASSES):  # as the trainer writes them (the Evaluation page reads these)
+            df[f"logit{c}"] = np.log(probs[:, c])
         frames.append(df)
+    summary["trust"] = trust.assess(summary, "test")  # stored with the summary, as the trainer does
     runs.write_json(run_dir / "summary.json", summary)
     pd.concat(frames).to_csv(run_dir / "predictions.csv", index=False)
     return run_dir
