@@ -2,7 +2,12 @@
 soon a metric written by a running trainer shows on the Live page. Prints the figures.
 
     .venv/bin/python bench/pages_bench.py [--repeats 5] [--samples 10] [--no-browser]
+    .venv/bin/python bench/pages_bench.py --first-opens [--repeats 5]
     .venv/bin/python bench/pages_bench.py --server [--seconds 60] [--watchers config auto]
+
+``--first-opens`` prints the README's page-time table: for each page, a server started for it
+alone, the page opened first (the libraries it needs load then), then opened again ``--repeats``
+times, each a new session.
 
 Two measures of a page: the server's script run (AppTest, warm) and what a user waits for in
 headless Chromium against ``streamlit run`` (navigation until the script has finished and every
@@ -31,7 +36,7 @@ from appserver import start_app, stop_app  # noqa: E402
 from retino_core import runs  # noqa: E402
 
 # Each page and the charts it draws with this registry.
-PAGES = {"overview": 1, "train": 0, "live": 2, "results": 1, "classify": 0, "compare": 3}
+PAGES = {"overview": 1, "train": 0, "live": 2, "results": 1, "classify": 0, "compare": 3, "evaluation": 2}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -151,6 +156,58 @@ def bench_browser(runs_dir: Path, running: Path, repeats: int, samples: int, log
     return first, loads, latencies
 
 
+def bench_first_opens(runs_dir: Path, repeats: int, logs: Path) -> dict[str, tuple[float, list[float]]]:
+    """Per page: a fresh server, the page opened first after its start, then ``repeats`` more opens."""
+    from playwright.sync_api import sync_playwright
+
+    found = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name, charts in PAGES.items():
+            with open(logs / f"{name}.log", "wb") as log_file:
+                server, url = start_app(runs_dir, log_file, 90)
+                try:
+                    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    target = url if name == "overview" else f"{url}/{name}"
+                    first = page_load(tab, target, charts)
+                    found[name] = first, [page_load(tab, target, charts) for _ in range(repeats)]
+                    tab.close()
+                finally:
+                    stop_app(server)
+            print(f"  {name}: first {first:.2f} s, then median {statistics.median(found[name][1]):.2f} s", flush=True)
+        browser.close()
+    return found
+
+
+def first_opens_main(args) -> int:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="retino-bench-") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        runs_dir.mkdir()
+        print("building a registry of 20 runs (one really trained)...", flush=True)
+        running = make_registry(runs_dir)
+        stop = threading.Event()
+        beat = threading.Thread(target=keep_alive, args=(running, stop), daemon=True)
+        beat.start()
+        load_before = os.getloadavg()
+        try:
+            found = bench_first_opens(runs_dir, args.repeats, Path(tmp))
+        finally:
+            stop.set()
+            beat.join()
+    load_after = os.getloadavg()
+    print(f"\n{os.cpu_count()} CPU cores; load average (1 / 5 / 15 min) {' / '.join(f'{x:.1f}' for x in load_before)} "
+          f"before, {' / '.join(f'{x:.1f}' for x in load_after)} after; 20 runs in the registry (1 trained, "
+          "1 running); headless Chromium on the same machine; navigation until the script has finished "
+          "and every chart and image is drawn\n")
+    print(f"| page | first open after a server start | opened again: median (max of {args.repeats}) |")
+    print("|---|---:|---:|")
+    for name, (first, again) in found.items():
+        print(f"| {name.capitalize()} | {first:.2f} s | {statistics.median(again):.2f} s ({max(again):.2f} s) |")
+    print(f"\nbench time: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -252,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="warm renders per page")
     parser.add_argument("--samples", type=int, default=10, help="metrics written for the latency")
     parser.add_argument("--no-browser", action="store_true", help="AppTest timings only")
+    parser.add_argument("--first-opens", action="store_true",
+                        help="instead: per page, its first open after a server start and later opens (the README table)")
     parser.add_argument("--server", action="store_true",
                         help="instead: server CPU with Live open on 4 running runs, new-tab loads, first page")
     parser.add_argument("--seconds", type=float, default=60.0, help="--server: how long to measure the CPU")
@@ -262,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.server:
         return server_main(args)
+    if args.first_opens:
+        return first_opens_main(args)
 
     with tempfile.TemporaryDirectory(prefix="retino-bench-") as tmp:
         runs_dir = Path(tmp) / "runs"

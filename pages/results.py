@@ -72,8 +72,7 @@ def run_header(run: runs.RunInfo) -> None:
     right.code(f"{base}/results?run={run.run_id}", language=None, wrap_lines=True)
     if run.state != "done":
         progress = display.run_progress(run)
-        st.progress(progress.fraction, text=f"{display.state_text(run)} · {progress.text}"
-                    if run.state not in runs.ACTIVE_STATES and progress.steps else progress.text)
+        st.progress(progress.fraction, text=progress.text)
     if run.state in runs.ACTIVE_STATES:
         st.page_link("pages/live.py", label="Watch it on Live", icon=":material/monitoring:",
                      query_params={"runs": run.run_id})

@@ -74,6 +74,7 @@ class Progress:
     images_per_s: float | None
     eta_s: float | None
     train_loss: float | None
+    epochs_done: int = 0
 
     @property
     def text(self) -> str:
@@ -81,6 +82,10 @@ class Progress:
             return "waiting in the queue"
         if not self.steps:
             return f"{self.state}: starting (loading data and model)" if self.state == "running" else self.state
+        if self.state not in ("running", "done"):  # where it stopped
+            partial = self.epoch > self.epochs_done and self.step < self.steps
+            return (f"{self.epochs_done}/{self.epochs} epochs done"
+                    + (f" · stopped at step {self.step}/{self.steps} of epoch {self.epoch}" if partial else ""))
         parts = [f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.steps}"]
         if self.images_per_s:
             parts.append(f"{self.images_per_s:,.0f} images/s")
@@ -122,7 +127,7 @@ def run_progress(run: RunInfo, steps: list[dict] | None = None, now: float | Non
     epoch, step = (int(last.get("epoch") or 0), int(last.get("step") or 0)) if in_epoch or not finished \
         else (finished, int(last.get("steps") or 0))
     return Progress(run.state, fraction, epoch, epochs, step, int(last.get("steps") or 0),
-                    last.get("images_per_s"), eta, last.get("train_loss"))
+                    last.get("images_per_s"), eta, last.get("train_loss"), finished)
 
 
 # A run's state in the user's words: who stopped it, and why it ended.

@@ -168,7 +168,7 @@ def table_rows(all_runs: list[runs.RunInfo], queue: list[runs.RunInfo] | None = 
         progress = display.run_progress(run)
         doing = progress.text if run.state in runs.ACTIVE_STATES else str(run.status.get("error") or "")
         rows.append({"name": run.run_id, "configuration": run.configuration,
-                     "epochs": f"{progress.epoch if run.state != 'done' else progress.epochs}/{progress.epochs}",
+                     "epochs": f"{progress.epochs_done if run.state != 'done' else progress.epochs}/{progress.epochs}",
                      "image size": int(run.config.get("image_size") or 0), "preset": str(run.config.get("preset") or ""),
                      "state": display.state_text(run, place.get(run.run_id)), "progress": float(progress.fraction),
                      "verdict": verdict_of(run) if run.summary else "",
