@@ -112,9 +112,8 @@ def queue_caption(current: list) -> None:
     running = [r for r in current if r.state == "running"]
     if not (waiting or running):
         return
-    total = eta.schedule(eta.queue_jobs(running, waiting, eta.measured_speeds(current),
-                                        lambda c: eta.sizes_from_runs(current, c), at_once_now(),
-                                        launch.processes_of), at_once_now())
+    total = eta.schedule(eta.current_jobs(current, eta.measured_speeds(current),
+                                          lambda c: eta.sizes_from_runs(current, c), at_once_now()), at_once_now())
     if total.seconds is not None and len(total.unknown) < len(total.finishes):
         st.caption(f"{len(running)} running, {len(waiting)} waiting: the queue is through in about "
                    f"**{display.duration(total.seconds)}**"

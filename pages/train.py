@@ -132,24 +132,14 @@ def estimate_lines(speeds: list) -> list[str]:
     found = eta.estimate(one.to_dict(), *sizes, speeds, at_once)
     if found is None:
         return []
-    all_four = [eta.Job(f"new-{i}", getattr(eta.estimate(c.to_dict(), *sizes, speeds, at_once), "seconds", None))
-                for i, c in enumerate(four)]
-    now = queue_now(all_runs, speeds)
-    start_alone = eta.schedule(now + [eta.Job("new", found.seconds)], at_once).finishes["new"]
-    with_four = eta.schedule(now + all_four, at_once).seconds
-    lines = [f"**Start**: about **{display.duration(found.seconds)}** of training "
-             f"({lab.configuration_name(one.arch, one.pretrained)}, {one.epochs} epochs at {one.image_size} px; "
-             f"{found.basis})." + (f" Behind the queue, done in about {display.duration(start_alone)}." if now else ""),
-             f"**Run all four** ({len(four)} runs, {at_once} at a time): all done in about "
-             f"**{display.duration(with_four)}**" + (" including the queue." if now else ".")]
-    return lines
-
-
-def queue_now(all_runs: list, speeds: list) -> list:
-    """The running and queued runs as the queue's jobs, with their time left."""
-    running = [r for r in all_runs if r.state == "running"]
-    return eta.queue_jobs(running, launch.queue(all_runs=all_runs), speeds, sizes_of, at_once_now(),
-                          launch.processes_of)
+    now = eta.current_jobs(all_runs, speeds, sizes_of, at_once_now())
+    alone = eta.behind_queue([one.to_dict()], sizes, speeds, at_once, now).finishes["new-0"]
+    with_four = eta.behind_queue([c.to_dict() for c in four], sizes, speeds, at_once, now).seconds
+    return [f"**Start**: about **{display.duration(found.seconds)}** of training "
+            f"({lab.configuration_name(one.arch, one.pretrained)}, {one.epochs} epochs at {one.image_size} px; "
+            f"{found.basis})." + (f" Behind the queue, done in about {display.duration(alone)}." if now else ""),
+            f"**Run all four** ({len(four)} runs, {at_once} at a time): all done in about "
+            f"**{display.duration(with_four)}**" + (" including the queue." if now else ".")]
 
 
 speeds = eta.measured_speeds(all_runs)
@@ -276,7 +266,8 @@ def run_table() -> None:
                 st.markdown(f"**{r.run_id}** · {display.state_text(r)}")
                 st.caption(r.status["error"])
     if waiting:
-        total = eta.schedule(queue_now(all_runs, eta.measured_speeds(all_runs)), at_once_now())
+        total = eta.schedule(eta.current_jobs(all_runs, eta.measured_speeds(all_runs), sizes_of, at_once_now()),
+                             at_once_now())
         st.caption(f"{len(waiting)} run(s) waiting; {at_once_now()} train(s) at once, first come, first served. "
                    + queue_sentence(total))
         # A queue that nothing drains (the machine restarted, say) gets its worker back.

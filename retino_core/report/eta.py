@@ -191,3 +191,22 @@ def sizes_from_runs(all_runs: list[runs.RunInfo], config: dict) -> tuple[int, in
         if train:
             return int(train), int((run.summary.get("val_n") or 0) + (run.summary.get("test_n") or 0))
     return None
+
+
+def current_jobs(all_runs: list[runs.RunInfo], speeds: list[Speed], sizes_of: SizesOf, slots: int) -> list[Job]:
+    """The queue as it stands: its running runs, then its queued ones in the order they start."""
+    from ..training import launch
+
+    running = [r for r in all_runs if r.state == "running"]
+    return queue_jobs(running, launch.queue(all_runs=all_runs), speeds, sizes_of, slots, launch.processes_of)
+
+
+def behind_queue(configs: list[dict], sizes: tuple[int, int], speeds: list[Speed], slots: int,
+                 queued: list[Job]) -> QueueEta:
+    """``configs`` queued now, behind ``queued``: when each would be done (``new-0``, ``new-1``, ...)
+    and when everything would be."""
+    from ..training import launch
+
+    new = [Job(f"new-{i}", getattr(estimate(c, *sizes, speeds, slots), "seconds", None), slots=launch.processes_of(c))
+           for i, c in enumerate(configs)]
+    return schedule(queued + new, slots)

@@ -112,6 +112,8 @@ def test_train_estimates_how_long_and_when_the_queue_is_through(runs_dir: Path, 
     at.number_input(key="train_epochs").set_value(3).run()  # the estimate follows the fields
     after = next(c.value for c in at.caption if c.value.startswith("**Start**"))
     assert after != before and "3 epochs" in after
+    overview = open_page("overview")  # Train all four says how long the four would take, too
+    assert "4 runs of 24 or 30 epochs, 1 at a time: all done in about" in texts(overview)
 
 
 def test_a_link_opens_results_on_the_run_it_names_with_its_log(runs_dir: Path) -> None:
