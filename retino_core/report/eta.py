@@ -62,11 +62,22 @@ def speed_of(run: runs.RunInfo) -> Speed | None:
                  float(rows[-1].get("time") or 0.0))
 
 
-def measured_speeds(all_runs: list[runs.RunInfo], host: str | None = None) -> list[Speed]:
-    """Speeds of the runs that trained on this machine (``host``), newest first."""
+def measured_speeds(all_runs: list[runs.RunInfo], host: str | None = None,
+                    calibrations: list[dict] | None = None) -> list[Speed]:
+    """Speeds of the runs that trained on this machine (``host``), newest first, then its
+    calibrations (``calibrate``; by default those kept in the runs folder)."""
+    from ..training import calibrate
+
     host = host or this_host()
     found = [speed_of(r) for r in all_runs if r.status.get("host") in (host,) and r.state != "queued"]
-    return sorted((s for s in found if s is not None), key=lambda s: -s.when)
+    measured = sorted((s for s in found if s is not None), key=lambda s: -s.when)
+    return measured + [Speed(CALIBRATION, c["arch"], int(c["image_size"]), int(c["batch_size"]), 1,
+                             float(c["train_images_per_s"]), c.get("eval_images_per_s"), float(c.get("time") or 0))
+                       for c in (calibrate.recorded() if calibrations is None else calibrations)
+                       if c.get("host") == host]
+
+
+CALIBRATION = "calibration"  # the run_id of a speed measured by `calibrate`, not by a run
 
 
 def _arch_factor(arch: str, measured: str, speeds: list[Speed]) -> float:
@@ -91,8 +102,9 @@ def closest(config: dict, speeds: list[Speed], slots: int = 1) -> list[Speed]:
         return []
     size = int(config.get("image_size") or 64)
 
-    def likeness(s: Speed) -> tuple:
-        return s.arch != config.get("arch"), s.slots != slots, round(abs(math.log(max(s.image_size, 1) / max(size, 1))), 6)
+    def likeness(s: Speed) -> tuple:  # a real run before a calibration of the same kind
+        return (s.arch != config.get("arch"), s.slots != slots,
+                round(abs(math.log(max(s.image_size, 1) / max(size, 1))), 6), s.run_id == CALIBRATION)
 
     best = min(likeness(s) for s in speeds)
     return [s for s in speeds if likeness(s) == best][:BASIS_RUNS]
@@ -120,7 +132,8 @@ def estimate(config: dict, train_images: int, eval_images: int, speeds: list[Spe
     seconds = epochs * (per_epoch / train_ips + eval_images / eval_ips)
     seconds += (min(train_images, OOD_FIT_MAX) + eval_images) / eval_ips
     how = "measured by" if (base.arch, base.image_size) == (arch, size) else "scaled from"
-    which = f"run {base.run_id}" if len(basis) == 1 else f"the {len(basis)} newest such runs (median)"
+    which = ("a calibration (the model alone, no data loading: a lower bound)" if base.run_id == CALIBRATION
+             else f"run {base.run_id}" if len(basis) == 1 else f"the {len(basis)} newest such runs (median)")
     text = (f"{how} {which}: {base.arch} at {base.image_size} px, {measured_ips:,.0f} training images/s on this "
             "machine" + (f" with {base.slots} runs at once" if base.slots > 1 else ""))
     return Estimate(seconds, text)

@@ -116,6 +116,17 @@ def test_train_estimates_how_long_and_when_the_queue_is_through(runs_dir: Path, 
     assert "4 runs of 24 or 30 epochs, 1 at a time: all done in about" in texts(overview)
 
 
+def test_train_measures_the_machine_when_no_run_has_trained_here(runs_dir: Path) -> None:
+    at = open_page("train")
+    at.number_input(key="train_size").set_value(32)
+    at.number_input(key="train_batch").set_value(4)
+    at.run()
+    next(b for b in at.button if b.label == "Measure this machine").click().run(timeout=600)
+    assert not at.exception and not at.error
+    assert "**Start**: about" in texts(at) and "a calibration (the model alone" in texts(at)
+    assert not any(b.label == "Measure this machine" for b in at.button)
+
+
 def test_a_link_opens_results_on_the_run_it_names_with_its_log(runs_dir: Path) -> None:
     write_four(runs_dir)
     failed = write_run(runs_dir, name="broken", state="failed")

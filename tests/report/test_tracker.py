@@ -12,7 +12,7 @@ from app_fixtures import write_run, write_four
 from retino_core import runs
 from retino_core.cli import main
 from retino_core.report import display, eta, runs_table
-from retino_core.training import launch
+from retino_core.training import calibrate, launch
 
 
 def test_progress_counts_the_epochs_an_ended_run_finished(runs_dir: Path) -> None:
@@ -136,3 +136,17 @@ def test_the_log_tail_keeps_a_progress_bar_s_last_state(tmp_path: Path) -> None:
     (tmp_path / "train.log").write_bytes(b"start\n\rep 1: 10%\rep 1: 50%\rep 1: 100%\n\x1b[Kdone\n")
     assert runs.log_tail(tmp_path) == "start\nep 1: 100%\ndone"
     assert runs.log_tail(tmp_path / "missing") == ""
+
+
+def test_a_calibration_stands_in_until_a_run_has_trained_here(runs_dir: Path, capsys) -> None:
+    assert main(["calibrate", "--arch", "resnet18", "--image-size", "32", "--batch-size", "4"]) == 0
+    assert "training images/s" in capsys.readouterr().out
+    (found,) = calibrate.recorded()
+    assert found["image_size"] == 32 and found["train_images_per_s"] > 0 and found["eval_images_per_s"] > 0
+    config = {"arch": "resnet18", "image_size": 32, "batch_size": 4, "epochs": 2}
+    from_calibration = eta.estimate(config, 100, 20, eta.measured_speeds([]))
+    assert from_calibration.seconds > 0 and "a calibration" in from_calibration.basis
+    speed_run(runs_dir, "resnet18", 32, 200.0)  # a real run of the same kind comes first
+    assert "measured by run" in eta.estimate(config, 100, 20, eta.measured_speeds(runs.list_runs(runs_dir))).basis
+    (runs_dir / calibrate.SPEED_FILE).write_text("{not json")
+    assert calibrate.recorded() == []  # a damaged file counts as none
