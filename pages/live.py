@@ -1,5 +1,7 @@
 """Live: loss per step and accuracy per epoch of the selected runs, read from their folders
-every second while something trains (an st.fragment that polls; no loops)."""
+every 2 s while something trains (an st.fragment that polls; no loops), and when the queue will
+be through. ``?runs=A,B`` opens these runs; by default the running runs and each configuration's
+best finished run."""
 
 import streamlit as st
 
