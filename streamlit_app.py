@@ -21,5 +21,5 @@ page = st.navigation([
 # straight from pages/ (its legacy mode). Such a page comes here first, then goes back.
 st.session_state.app = True
 if "return_to" in st.session_state:
-    st.switch_page(st.session_state.pop("return_to"))
+    st.switch_page(st.session_state.pop("return_to"), query_params=st.session_state.pop("return_params", None))
 page.run()

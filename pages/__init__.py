@@ -19,6 +19,7 @@ def through_the_app(page_file: str) -> None:
     """
     if not st.session_state.get("app"):
         st.session_state.return_to = f"pages/{Path(page_file).name}"
+        st.session_state.return_params = st.query_params.to_dict()  # a link's ?run=... comes back too
         st.switch_page("streamlit_app.py")
 
 

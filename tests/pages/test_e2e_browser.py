@@ -222,6 +222,14 @@ def test_the_train_fields_queue_nothing_on_enter_and_links_open_a_run(app, page:
     runs.write_json(small / "config.json", {**runs.read_json(small / "config.json"), "image_size": 32})
     before = len(runs.list_runs(runs_dir))
 
+    # A link names a run, as the first request of a fresh server: Results opens on it, with its id,
+    # its link and its whole failure reason.
+    open_page(page, f"{url}/results?run={failed.name}", "Results")
+    expect(page.get_by_text(failed.name).first).to_be_visible()
+    expect(page.get_by_text("see the log; " * 8).first).to_be_visible()
+    expect(page.locator("code").filter(has_text=f"/results?run={failed.name}").first).to_be_visible()
+    expect(page.get_by_text("Traceback (most recent call last): boom").first).to_be_visible()  # open: it failed
+    screenshot(page, "results-failed-run")
     # Enter in a field applies its value and queues nothing; only the buttons queue.
     open_page(page, f"{url}/train", "Train")
     epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
@@ -245,13 +253,6 @@ def test_the_train_fields_queue_nothing_on_enter_and_links_open_a_run(app, page:
     expect(page.get_by_text("1 of 6 runs match the search.")).to_be_visible()
     screenshot(page, "train-fields")
 
-    # A link names a run: Results opens on it, with its id, its link and its whole failure reason.
-    open_page(page, f"{url}/results?run={failed.name}", "Results")
-    expect(page.get_by_text(failed.name).first).to_be_visible()
-    expect(page.get_by_text("see the log; " * 8).first).to_be_visible()
-    expect(page.locator("code").filter(has_text=f"/results?run={failed.name}").first).to_be_visible()
-    expect(page.get_by_text("Traceback (most recent call last): boom").first).to_be_visible()  # open: it failed
-    screenshot(page, "results-failed-run")
     open_page(page, f"{url}/results?run={small.name}", "Results")
     expect(page.get_by_text("Per grade")).to_be_visible()
     expect(page.get_by_text(small.name).first).to_be_visible()
