@@ -40,8 +40,10 @@ def texts(at: AppTest) -> str:
 
 def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, state: str = "done",
               epochs: int = 3, steps: int = 20, rows_per_epoch: int = 5, data: str = "retinamnist",
-              skill: float = 1.5, seed: int = 0, name: str = "", epochs_done: int | None = None) -> Path:
-    """A run folder as the trainer leaves it; ``skill`` 0 gives a model collapsed onto grade 0."""
+              skill: float = 1.5, seed: int = 0, name: str = "", epochs_done: int | None = None,
+              logits: bool = True) -> Path:
+    """A run folder as the trainer leaves it; ``skill`` 0 gives a model collapsed onto grade 0;
+    ``logits`` False leaves them out of predictions.csv, as runs trained before them did."""
     rng = np.random.default_rng(seed)
     cfg = make_config("cpu", data=data, arch=arch, pretrained=pretrained, epochs=epochs, name=name)
     run_dir = runs.create_run_dir(name or f"{arch}-{'pre' if pretrained else 'scratch'}", runs_dir)
@@ -106,7 +108,7 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
                            "label": labels, "pred": probs.argmax(1)})
         for c in range(NUM_CLASSES):
             df[f"p{c}"] = probs[:, c]
-        for c in range(NUM_CLASSES):  # as the trainer writes them (the Evaluation page reads these)
+        for c in range(NUM_CLASSES if logits else 0):  # as the trainer writes them (Evaluation reads them)
             df[f"logit{c}"] = np.log(probs[:, c])
         frames.append(df)
     summary["trust"] = trust.assess(summary, "test")  # stored with the summary, as the trainer does
