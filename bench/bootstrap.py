@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             stats.confidence_intervals(y, pr, n_boot=args.resamples, seed=k)
         timings["intervals, 4 runs"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()  # as Compare does it (comparison.all_pairs): each run resampled once
-        counts = stats.bootstrap_counts(y, args.resamples)
+        counts = stats.Resamples.draw(y, args.resamples)
         resampled = [stats.resample(y, pr, counts) for pr in probs]
         for a, b in itertools.combinations(resampled, 2):
             stats.paired_from(a, b)

@@ -34,7 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from app_fixtures import write_run  # noqa: E402
 from appserver import start_app, stop_app  # noqa: E402
 from retino_core import runs  # noqa: E402
 from retino_core.training import launch  # noqa: E402
@@ -49,6 +48,8 @@ LIVE_STEPS = 1000
 
 def make_registry(runs_dir: Path) -> Path:
     """20 runs: 1 real, 16 done, 1 running (this process), 1 queued, 1 failed. Returns the running one."""
+    from app_fixtures import write_run  # here, not at the top: --page-cpu's child must not preload what it times
+
     subprocess.run([sys.executable, "-m", "retino_core", "train", "--data", "retinamnist", "--epochs", "1",
                     "--image-size", "32", "--batch-size", "16", "--max-steps-per-epoch", "3", "--num-workers", "0",
                     "--runs-dir", str(runs_dir), "--name", "bench-real", "--quiet"],

@@ -116,6 +116,11 @@ def share_runs(param: str, *keys: str) -> None:
         value = st.session_state.get(key)
         ids += value if isinstance(value, list) else [value] if value else []
         remember([key])
+    share_ids(param, ids, *keys)
+
+
+def share_ids(param: str, ids: list[str], *keys: str) -> None:
+    """Write ``ids`` into the URL as ``?param=A,B``; ``keys`` remember it was written (not followed)."""
     text = ",".join(str(i) for i in ids)
     if str(st.query_params.get(param, "")) != text:
         if text:
@@ -124,3 +129,86 @@ def share_runs(param: str, *keys: str) -> None:
             st.query_params.pop(param, None)
     for key in keys:
         st.session_state[f"{key}__url"] = text
+
+
+# ---------------------------------------------------------------- the run that stands for a configuration
+
+STAND_INS = "stand_ins"  # session state: {data: {configuration: run id}}, this session's picks
+
+
+def stand_ins(data: str) -> dict[str, str]:
+    """This session's picks of the run that stands for each configuration on ``data`` (made on
+    Compare or Overview); every page passes them to champions.champions."""
+    return st.session_state.setdefault(STAND_INS, {}).setdefault(str(data), {})
+
+
+def stand_ins_from_link(key: str, param: str, all_runs: list, data: str, key_of) -> None:
+    """A link's ``?param=A,B,C,D``: each named finished run on ``data`` stands for its configuration
+    for this session (it beats the champion, and the session's earlier pick), once per link (``key``
+    as given to ``share_ids``); ``key_of(configuration)`` is that configuration's picker, redrawn."""
+    from retino_core.judging import champions
+
+    raw = str(st.query_params.get(param, ""))
+    if not raw or raw == st.session_state.get(f"{key}__url"):
+        return
+    finished = {r.run_id: r for r in all_runs if champions.is_finished(r) and champions.same_data(r, data)}
+    for run_id in url_ids(param):
+        if run_id in finished:
+            stand_ins(data)[finished[run_id].configuration] = run_id
+            st.session_state.pop(key_of(finished[run_id].configuration), None)
+    st.session_state[f"{key}__url"] = raw
+
+
+def stand_in_picker(where, all_runs: list, data: str, configuration: str, key: str) -> None:
+    """One click to another run: a select of the configuration's finished runs on ``data``, its
+    champion first and marked with why; a pick stays for the session, on every page."""
+    from retino_core.judging import champions, trust
+
+    rules = champions.champions(all_runs, data).get(configuration)
+    options = champions.finished_runs(all_runs, data, configuration)
+    if rules is None or not options:
+        return
+    ids = [rules.run.run_id] + [r.run_id for r in options if r.run_id != rules.run.run_id]
+    by_id = {r.run_id: r for r in options}
+    picks = stand_ins(data)
+    current = picks.get(configuration) if picks.get(configuration) in ids else ids[0]
+
+    def keep() -> None:
+        picked = st.session_state[key]
+        if picked == rules.run.run_id:
+            picks.pop(configuration, None)
+        else:
+            picks[configuration] = picked
+
+    where.selectbox(f"Run standing for {configuration}", ids, index=ids.index(current), key=key, on_change=keep,
+                    format_func=lambda i: f"{i} · {trust.label(trust.of_summary(by_id[i].summary))}"
+                    + (f" · champion: {rules.reason}" if i == rules.run.run_id else ""),
+                    help="the champion: the pinned run, else the best finished usable run by the validation-"
+                         "selected metric, else the best finished run. Another pick holds for this session, on "
+                         "every page; pin a run on Results to make it the champion.")
+
+
+def stands_line(run, all_runs: list, select_key: str) -> None:
+    """Say whether ``run`` stands for its configuration on its dataset and why; if it does not, name
+    the run that does, with one click to show that one instead (it sets the page's run select)."""
+    from retino_core.judging import champions
+    from retino_core.report import display
+
+    data = champions.data_of(run)
+    who = champions.champions(all_runs, data, stand_ins(data)).get(run.configuration)
+    where = f"{run.configuration} on {display.data_label(data)}"
+    if who is None:
+        st.caption(f"No finished run stands for {where} yet.")
+    elif who.run.run_id == run.run_id:
+        st.caption(f":material/star: This run stands for {where}: {who.reason}.")
+    else:
+        left, right = st.columns([4, 1], vertical_alignment="center")
+        left.caption(f"This run does not stand for {where}: `{who.run.run_id}` does ({who.reason}).")
+        right.button("Show that run", key=f"{select_key}-to-champion", on_click=show_run,
+                     args=(select_key, who.run.run_id))
+
+
+def show_run(select_key: str, run_id: str) -> None:
+    """A button's callback: the page's run select shows ``run_id``, as if the user picked it."""
+    st.session_state[select_key] = run_id
+    user_chose(select_key)

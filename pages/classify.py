@@ -6,12 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import trust
+from retino_core.judging import operating, trust
 from retino_core.config import GRADE_NAMES
 from retino_core.data.images import SAMPLE_IMAGE, load_image
 from retino_core.errors import ImageError
 
-from pages import choose_runs, share_runs, through_the_app, user_chose
+from pages import choose_runs, share_runs, stand_ins, through_the_app, user_chose
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -30,9 +30,16 @@ def load_predictor(checkpoint: str, mtime: float, run_id: str):
     return Predictor.from_checkpoint(checkpoint, run_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def calibration_of(run_dir: str, temperature: float | None) -> dict | None:
+    """Whether the run's temperature improved its test probabilities (read from predictions.csv)."""
+    return operating.calibration_check(run_dir, temperature)
+
+
 st.title("Classify")
 
-finished = [r for r in runs.list_runs() if r.state == "done" and runs.checkpoint_path(r.path).exists()]
+all_runs = runs.list_runs()
+finished = [r for r in all_runs if r.state == "done" and runs.checkpoint_path(r.path).exists()]
 if not finished:
     st.info("No trained model yet: train one (or all four) first, then grade photographs here.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -41,20 +48,32 @@ if not finished:
 by_id = {r.run_id: r for r in finished}
 verdicts = {i: trust.of_summary(r.summary) for i, r in by_id.items()}
 usable = {i: trust.is_usable_verdict(v) for i, v in verdicts.items()}
-default = [r.run_id for r in lab.pick_four(finished, done_only=True).values() if r is not None]
-choose_runs("classify_models", "runs", list(by_id), default, many=True)  # ?runs=A,B opens these models
+data = st.session_state.get("data") or lab.default_data(all_runs)
+if not any(lab.champion_four(finished, data).values()):  # no model on the dataset in use: the newest model's
+    data = lab.default_data(finished)
+standing = {name: c for name, c in lab.champion_four(all_runs, data, stand_ins(data)).items() if c is not None}
+# ?runs=A,B opens these models; else this session's choice; else the run standing for each configuration.
+choose_runs("classify_models", "runs", list(by_id), [c.run.run_id for c in standing.values() if c.run.run_id in by_id],
+            many=True)
 chosen = st.multiselect(
     "Models", list(by_id), key="classify_models", on_change=user_chose, args=("classify_models",),
     format_func=lambda i: f"{by_id[i].configuration} · {display.short_label(by_id[i])} · {trust.label(verdicts[i])}",
-    help="by default the newest finished run of each of the four configurations; only usable models "
-         "enter the ensemble unless you include the others below")
+    help="by default the run that stands for each configuration on the dataset in use (its champion: the pinned "
+         "run, else the best usable one by the validation-selected metric); only usable models enter the "
+         "ensemble unless you include the others below")
 share_runs("runs", "classify_models")
+st.caption(f"Standing for each configuration on {display.data_label(data)}: " + "; ".join(
+    f"{name}: {display.short_label(c.run)} ({c.reason})" for name, c in standing.items())
+    + ". Add or remove models above; Compare and Overview offer another run for a configuration.")
+calibration = {i: calibration_of(str(by_id[i].path), by_id[i].summary.get("temperature")) for i in chosen}
 uploads = st.file_uploader("Fundus photographs (JPEG, PNG, TIFF, WebP, BMP or GIF)", type=UPLOAD_TYPES,
                            accept_multiple_files=True)
 c = st.columns(4)
 use_sample = c[0].checkbox("Bundled sample photo", value=False, help="a CC0 fundus photograph shipped with retino")
-calibrated = c[1].toggle("Calibrated probabilities", value=True, key="calibrated",
-                         help="logits divided by the temperature fitted on the validation split")
+calibrated = c[1].toggle("Calibrated probabilities", key="calibrated",
+                         value=bool(chosen) and all(x and x["helps"] for x in calibration.values()),
+                         help="logits divided by the temperature fitted on the validation split; on at first "
+                              "only when that improved every chosen model's test probabilities")
 tta = c[2].toggle("Test-time augmentation", value=bool(chosen) and all(by_id[i].config.get("tta") for i in chosen),
                   key="tta", help="average the model over flipped copies; on at first when every chosen run "
                   "was evaluated that way")
@@ -64,6 +83,11 @@ include_all = c[0].toggle("Ensemble includes models that are not usable", value=
                           help="off: a model whose verdict is weak or no better than guessing is shown greyed "
                                "and left out of the ensemble")
 opacity = c[1].slider("Grad-CAM opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity", disabled=not show_cam)
+for run_id, note in calibration.items():
+    if note:
+        st.caption(f"{'' if note['helps'] else ':material/info: '}Calibration of {by_id[run_id].configuration} · "
+                   f"{display.short_label(by_id[run_id])}: {note['sentence']}"
+                   + ("" if note["helps"] else " Calibrated probabilities are off at first."))
 
 images, names = [], []
 for upload in uploads or []:

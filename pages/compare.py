@@ -7,7 +7,7 @@ from retino_core.judging import comparison
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import choose_runs, share_runs, through_the_app, user_chose, warn_unknown
+from pages import share_ids, stand_in_picker, stand_ins, stand_ins_from_link, through_the_app, warn_unknown
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -59,23 +59,25 @@ current = st.session_state.get("data") or lab.default_data(all_runs)
 left, right = st.columns([2, 3])
 data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
                       format_func=display.data_label, help="only runs trained on the same data are compared")
-four = lab.pick_four(all_runs, data, done_only=True)
-pending = lab.not_done(all_runs, data)  # what the configurations without a finished run are doing
+# ?runs=A,B,C,D: each named run stands for its configuration; else this session's pick; else the champion.
 warn_unknown("runs", [r.run_id for r in all_runs if r.state == "done" and lab.same_data(r, data)])
-with right.expander("Runs compared (newest finished of each configuration)"):
-    for name in lab.CONFIGURATIONS:  # ?runs=A,B,C,D: each run answers for its configuration
-        options = [r for r in all_runs if r.state == "done" and r.configuration == name and lab.same_data(r, data)]
-        if options:
-            ids = [r.run_id for r in options]
-            choose_runs(f"compare-{name}", "runs", ids, ids[0], warn=False)
-            picked = st.selectbox(name, ids, key=f"compare-{name}", on_change=user_chose, args=(f"compare-{name}",))
-            four[name] = options[ids.index(picked)]
-        else:
+stand_ins_from_link("compare", "runs", all_runs, data, lambda name: f"compare-stand-in-{name}")
+four = lab.champion_four(all_runs, data, stand_ins(data))
+chosen = lab.runs_of(four)
+pending = lab.not_done(all_runs, data)  # what the configurations without a finished run are doing
+with right.expander("Runs compared: each configuration's champion, or your pick"):
+    for name in lab.CONFIGURATIONS:
+        if four[name] is None:
             st.caption(f"{name}: {pending.get(name, 'not trained on this dataset')}")
-share_runs("runs", *(f"compare-{name}" for name in lab.CONFIGURATIONS if four.get(name) is not None
-                     and f"compare-{name}" in st.session_state))
+        else:
+            stand_in_picker(st, all_runs, data, name, key=f"compare-stand-in-{name}")
+st.markdown("**Runs compared** · " + " · ".join(
+    f"{name}: `{c.run.run_id}` ({c.reason})" for name, c in four.items() if c is not None) if any(four.values())
+    else "**Runs compared:** none finished on this dataset yet.")
+share_ids("runs", [c.run.run_id for c in four.values() if c is not None], "compare")  # a link opens these
 
 frame = lab.comparison_frame(four, all_runs, data)
+recipe = lab.recipe_table(chosen)
 trained = frame["test_acc"].notna().sum()
 if trained < 4:
     st.info(f"Finished on this dataset: {trained} of the four configurations. The empty cells fill in "
@@ -101,20 +103,22 @@ if not not_usable.empty:
     kind = "error" if (frame["verdict"].dropna() != trust.USABLE).all() else "warning"
     getattr(st, kind)("**Not to be trusted:** " + "; ".join(
         f"{r['configuration']} is {r['verdict']}" for _, r in not_usable.iterrows()) + ". Reasons below.")
-for line in lab.findings(frame):
+for line in lab.findings(frame, lab.differing(recipe)):
     st.markdown(f"- {line}")
+if len(recipe.columns) > 1:
+    with st.expander(f"Settings that differ between the runs compared ({len(lab.differing(recipe))})"):
+        st.dataframe(recipe, width="stretch")
+        st.caption("Besides architecture and pretraining; epochs and steps per epoch always shown.")
 
 st.subheader("Is the difference real?")
-pairs = pairs_of(tuple((name, run.run_id if run else None) for name, run in four.items()))
+pairs = pairs_of(tuple((name, run.run_id if run else None) for name, run in chosen.items()))
 if pairs.empty:
     st.caption("Two finished configurations are needed for a comparison.")
 else:
     st.caption(lab.PAIRS_NOTE)
     for sentence in pairs.get("finding", []):
         st.markdown(f"- {sentence}")
-    st.dataframe(pairs.drop(columns=["finding"]), hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.3g") for c in ("McNemar p", "Holm p")
-                                if c in pairs})
+    st.dataframe(lab.p_values_as_text(pairs.drop(columns=["finding"])), hide_index=True, width="stretch")
 
 with st.expander("All numbers"):
     st.dataframe(frame.drop(columns=[c for c in frame.columns if c.endswith("_ci")]), hide_index=True,
@@ -123,7 +127,7 @@ with st.expander("All numbers"):
         for c in ("test_acc", "best_test_acc_over_epochs", "test_majority_acc", "test_collapse_share")})
 
 normalize = st.toggle("Confusion matrices row-normalised", value=True)
-figs = figures_of(tuple(stamp(run) for run in four.values()), four, normalize)
+figs = figures_of(tuple(stamp(run) for run in chosen.values()), chosen, normalize)
 columns = st.columns(2)
 for i, arch in enumerate(lab.COLUMN_NAMES):
     fig = figs.get(f"accuracy_{arch}")

@@ -8,7 +8,8 @@ from retino_core.judging import metrics
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import choose_runs, share_runs, through_the_app, user_chose
+from pages import choose_runs, share_runs, stand_ins, stands_line, through_the_app, user_chose
+from retino_core.report import lab
 from retino_core.report import figures  # noqa: E402
 from retino_core.report import display  # noqa: E402
 from retino_core.judging import operating  # noqa: E402
@@ -45,17 +46,23 @@ st.title("Evaluation")
 st.caption("Screening numbers for a finished run. Every choice (temperature, threshold) is made on "
            "the validation split and only then applied to test.")
 
-finished = [r for r in runs.list_runs() if r.state == "done" and (r.path / "predictions.csv").exists()]
+all_runs = runs.list_runs()
+finished = [r for r in all_runs if r.state == "done" and (r.path / "predictions.csv").exists()]
 if not finished:
     st.info("No finished run yet: evaluation appears here when a run ends. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 by_id = {r.run_id: r for r in finished}
-choose_runs("evaluation_run", "run", list(by_id), finished[0].run_id)  # ?run=ID opens that run
-run = by_id[st.selectbox("Run", list(by_id), key="evaluation_run", on_change=user_chose, args=("evaluation_run",),
-                         format_func=lambda i: f"{i} · {by_id[i].configuration}")]
-share_runs("run", "evaluation_run")
+data = st.session_state.get("data") or lab.default_data(all_runs)
+first = [c.run.run_id for c in lab.champion_four(all_runs, data, stand_ins(data)).values()
+         if c and c.run.run_id in by_id]
+ordered = first + [i for i in by_id if i not in first]  # the runs that stand for the configurations first
+choose_runs("eval_run", "run", ordered, ordered[0])  # ?run=ID opens that run; else this session's pick
+run = by_id[st.selectbox("Run", ordered, key="eval_run", on_change=user_chose, args=("eval_run",),
+                         format_func=lambda i: f"{i} · {by_id[i].configuration}" + (" · stands for it" if i in first else ""))]
+share_runs("run", "eval_run")
+stands_line(run, all_runs, "eval_run")
 scores = operating.load_scores(run.path)
 if "test" not in scores:
     st.warning("This run's predictions.csv has no test rows; nothing to evaluate.")
@@ -75,9 +82,15 @@ c[3].metric("macro AUC", display.number(s.get("test_auc")))
 c[4].metric("referable-DR AUC", display.number(s.get("test_referable_auc")), help="grade ≥ 2 against the rest, "
             "scored by the summed probabilities of grades 2-4")
 
+calibration = operating.calibration_check(run.path, temperature) or {"helps": temperature != 1.0, "sentence": ""}
+
 st.subheader("Referable DR operating point")
-calibrated = st.toggle("Calibrated probabilities", value=True,
-                       help=f"temperature {temperature:.2f}, fitted on validation")
+calibrated = st.toggle("Calibrated probabilities", value=calibration["helps"], key=f"eval_calibrated_{run.run_id}",
+                       help=f"temperature {temperature:.2f}, fitted on validation; on at first only when it "
+                            "improved the test probabilities")
+if not calibration["helps"] and temperature != 1.0:
+    st.caption(":material/info: Off at first: temperature scaling did not improve this run's test probabilities "
+               "(see Calibration below).")
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
@@ -110,6 +123,8 @@ with st.expander("Reference operating points"):
                "not as a like-for-like comparison.")
 
 st.subheader("Calibration")
+if calibration["sentence"]:
+    (st.success if calibration["helps"] else st.warning)(calibration["sentence"])
 left, right = st.columns([2, 1])
 left.plotly_chart(figures.reliability_figure(test.labels, {"uncalibrated": test.probs(1.0),
                                                              f"T = {temperature:.2f}": test.probs(temperature)}),

@@ -1,16 +1,16 @@
 """Live: loss per step and accuracy per epoch of the selected runs, read from their folders
 every 2 s while something trains (an st.fragment that polls; no loops), and when the queue will
 be through. ``?runs=A,B`` opens these runs; by default the running runs and each configuration's
-best finished run."""
+champion (the run that stands for it)."""
 
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import trust
 from retino_core.training import launch
 
-from pages import at_once_now, choose_runs, share_runs, through_the_app, user_chose
+from pages import at_once_now, choose_runs, share_runs, stand_ins, through_the_app, user_chose
 from retino_core.report import eta
+from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
 
@@ -25,21 +25,21 @@ if not all_runs:
     st.stop()
 
 
-def best_finished(all_runs: list) -> list[str]:
-    """Each configuration's best finished run: usable first, then the highest validation accuracy."""
-    best = {}
-    for run in all_runs:
-        if run.state == "done":
-            key = (trust.is_usable_verdict(trust.of_summary(run.summary)), run.summary.get("val_acc") or 0.0)
-            if run.configuration not in best or key > best[run.configuration][0]:
-                best[run.configuration] = (key, run.run_id)
-    return [run_id for _, run_id in best.values()]
+def standing_runs(all_runs: list) -> list[str]:
+    """The run that stands for each configuration (its champion, or this session's pick) on the
+    dataset in use, else on the dataset of the newest finished run."""
+    data = st.session_state.get("data") or lab.default_data(all_runs)
+    four = lab.champion_four(all_runs, data, stand_ins(data))
+    if not any(four.values()):
+        data = lab.default_data([r for r in all_runs if r.state == "done"])
+        four = lab.champion_four(all_runs, data, stand_ins(data))
+    return [c.run.run_id for c in four.values() if c is not None]
 
 
 by_id = {r.run_id: r for r in all_runs}
 active = [r.run_id for r in all_runs if r.state in runs.ACTIVE_STATES]
 # What trains now, and what each configuration has to show for itself; never a cancelled run.
-default = [r.run_id for r in all_runs if r.state == "running"] + best_finished(all_runs)
+default = [r.run_id for r in all_runs if r.state == "running"] + standing_runs(all_runs)
 # Grouped by configuration (a configuration's seeds sit together), newest first within each.
 options = sorted(by_id, key=lambda i: by_id[i].configuration)
 choose_runs("live_runs", "runs", options, default, many=True)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from retino_core.training import launch
 from retino_core import runs
-from retino_core.judging import trust
+from retino_core.judging import champions
 from retino_core.models import weights
 from retino_core.config import GRADE_NAMES, PRESETS, ConfigError
 from retino_core.errors import DataError, ImageError
@@ -14,7 +14,7 @@ from retino_core.data.splits import DatasetInvalid
 from retino_core.data.sources import open_source
 from retino_core.data.patients import describe_patients
 
-from pages import at_once_now, runs_at_once, set_runs_at_once, through_the_app
+from pages import at_once_now, runs_at_once, set_runs_at_once, stand_in_picker, stand_ins, through_the_app
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -90,47 +90,61 @@ except (DataError, ImageError) as err:
 st.subheader("The four configurations")
 
 
+def activity(state) -> None:
+    """What a configuration's other runs are doing: a training run's progress, the queue, a failure."""
+    if state.running:
+        run = state.running[0]
+        progress = display.run_progress(run, runs.step_rows(run.path))
+        st.progress(progress.fraction, text=f"training: {progress.text}")
+        st.caption(display.slot_text(run))
+    rest = "; ".join(w for w in state.activity().split("; ") if w and "training" not in w)
+    if rest:
+        st.caption(f":orange[{rest}]" if state.failed is not None else rest)
+    error = str(state.failed.status.get("error") or "") if state.failed is not None else ""
+    if len(error) > 120:
+        with st.expander("Whole message"):
+            st.caption(error)
+
+
+def numbers(champion) -> None:
+    """The champion's headline numbers, its verdict, and which run it is and why."""
+    s = champion.run.summary
+    verdict = champion.verdict
+    acc, base = s.get("test_acc"), s.get("test_majority_acc")
+    delta = None if acc is None or base is None else 100 * (acc - base)
+    st.metric("test accuracy", display.percent(acc), delta=None if delta is None else f"{delta:+.1f} pts vs majority",
+              delta_color=display.verdict_colour(verdict),
+              help=f"majority-class baseline {display.percent(base)}: always answering the commonest grade")
+    st.metric("QWK", display.number(s.get("test_qwk")),
+              help="quadratic weighted kappa: agreement with the graders, 0 = chance, 1 = perfect")
+    st.caption(f"referable-DR AUC {display.number(s.get('test_referable_auc'))} · "
+               f"trained {display.duration(s.get('train_seconds'))}")
+    st.markdown(f"verdict: {display.verdict_badge(verdict)}")
+    if verdict and verdict["reasons"]:
+        st.caption(verdict["reasons"][0])
+    st.caption(f"stands for it: {display.short_label(champion.run)} ({champion.reason})")
+
+
 @st.fragment(run_every=2)
 def configuration_cards() -> None:
     all_runs = runs.list_runs()
-    latest = lab.pick_four(all_runs, data)
-    finished = lab.pick_four(all_runs, data, done_only=True)
-    for column, (name, run) in zip(st.columns(4), latest.items()):
+    now = champions.standing(all_runs, data)
+    shown = lab.champion_four(all_runs, data, stand_ins(data))
+    for column, name in zip(st.columns(4), lab.CONFIGURATIONS):
         with column.container(border=True):
             st.markdown(f"**{name}**")
-            if run is None:
+            if name not in now:
                 needs_weights(name)
                 continue
-            if run.state in runs.ACTIVE_STATES:
-                progress = display.run_progress(run)
-                st.progress(progress.fraction, text=f"{run.state}: {progress.text}")
-                st.caption(display.slot_text(run))
-            elif run.state != "done":
-                st.markdown(f":orange[{run.state}]")
-                error = run.status.get("error") or ""
-                st.caption(lab.one_line(error, 120))
-                if len(error) > 120:
-                    with st.expander("Whole message"):
-                        st.caption(error)
-            done = finished[name]
-            if done is None:
+            activity(now[name])
+            if shown[name] is None:
+                if not now[name].activity():
+                    st.caption("no finished run on this dataset yet")
                 continue
-            s = done.summary
-            acc, base = s.get("test_acc"), s.get("test_majority_acc")
-            delta = None if acc is None or base is None else 100 * (acc - base)
-            if done is not run:
-                st.caption(f"last finished run: {done.run_id}")
-            st.metric("test accuracy", display.percent(acc), delta=None if delta is None else f"{delta:+.1f} pts vs majority",
-                      delta_color="normal" if delta is None or abs(delta) >= 1 else "off",
-                      help=f"majority-class baseline {display.percent(base)}: always answering the commonest grade")
-            st.metric("QWK", display.number(s.get("test_qwk")),
-                      help="quadratic weighted kappa: agreement with the graders, 0 = chance, 1 = perfect")
-            st.caption(f"referable-DR AUC {display.number(s.get('test_referable_auc'))} · "
-                       f"trained {display.duration(s.get('train_seconds'))}")
-            verdict = trust.of_summary(s)
-            st.markdown(f"verdict: {display.verdict_badge(verdict)}")
-            if verdict and verdict["reasons"]:
-                st.caption(verdict["reasons"][0])
+            numbers(shown[name])
+            if now[name].champion and now[name].champion.finished > 1:
+                with st.popover("Another run", icon=":material/swap_horiz:"):
+                    stand_in_picker(st, all_runs, data, name, key=f"overview-stand-in-{name}")
 
 
 def four_estimate(configs: list, at_once: int) -> None:

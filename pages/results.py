@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import trust
+from retino_core.training import launch
+from retino_core.judging import champions, trust
 from retino_core.config import GRADE_NAMES
 from retino_core.errors import DataError, ImageError
 from retino_core.data.sources import source_of
@@ -15,7 +16,7 @@ from retino_core.report import figures
 from retino_core.report import display
 from retino_core.grading import exported
 
-from pages import choose_runs, share_runs, through_the_app, user_chose
+from pages import choose_runs, share_runs, stands_line, through_the_app, user_chose
 
 through_the_app(__file__)
 
@@ -41,6 +42,26 @@ def pick_cell(chart_key: str) -> None:
     if points:
         st.session_state.cell_true = int(round(points[0]["y"]))
         st.session_state.cell_pred = int(round(points[0]["x"]))
+
+
+def pin_button(run: runs.RunInfo) -> None:
+    """Pin the run to stand for its configuration on its dataset, or unpin it."""
+    pinned = run.run_id in champions.pins(run.path.parent)
+    if not champions.is_finished(run):
+        return
+    label = "Unpin" if pinned else f"Pin: make this run stand for {run.configuration}"
+    if st.button(label, icon=":material/push_pin:", key=f"pin-{run.run_id}",
+                 help="a pinned run stands for its configuration on its dataset on every page, in the report and "
+                      "in `python -m retino_core champions`, whatever the rules would choose"):
+        try:
+            if pinned:
+                champions.unpin(run.run_id, run.path.parent)
+            else:
+                champions.pin(run.run_id, run.path.parent)
+        except runs.RunError as err:
+            st.error(str(err))
+        else:
+            st.rerun()
 
 
 st.title("Results")
@@ -105,14 +126,14 @@ def settings_and_notes(run: runs.RunInfo) -> None:
 
 def training_log(run: runs.RunInfo) -> None:
     """The end of train.log, and the whole file as a download."""
-    tail = runs.log_tail(run.path)
+    tail = display.log_tail(run)
     with st.expander("Training log (train.log)", expanded=run.state in ("failed", "interrupted") and bool(tail)):
         if not tail:
             st.caption("No train.log: the run was trained outside the queue (train on the command line prints "
                        "to the terminal), or it has not started yet.")
             return
         st.code(tail, language=None)
-        st.download_button("Download train.log", lambda: runs.log_path(run.path).read_bytes(),
+        st.download_button("Download train.log", lambda: launch.log_path(run.path).read_bytes(),
                            file_name=f"{run.run_id}-train.log", mime="text/plain", icon=":material/download:")
 
 
@@ -139,6 +160,7 @@ acc, base = s.get("acc"), s.get("majority_acc")
 c = st.columns(5)
 c[0].metric("accuracy", display.percent(acc),
             delta=None if acc is None or base is None else f"{100 * (acc - base):+.1f} pts vs majority",
+            delta_color=display.verdict_colour(trust.of_summary(run.summary)),
             help=f"majority-class baseline {display.percent(base)}: always answering the commonest training grade")
 c[1].metric("QWK", display.number(s.get("qwk")), help="quadratic weighted kappa: 0 = chance, 1 = perfect agreement")
 c[2].metric("macro AUC", display.number(s.get("auc")), help="one-vs-rest ROC AUC averaged over the grades")
@@ -149,6 +171,8 @@ c[4].metric("best epoch", f"{run.summary.get('best_epoch', '–')} / {run.config
 verdict = trust.of_summary(run.summary)
 kind, text = trust.notice(verdict)
 getattr(st, kind)(text)
+stands_line(run, all_runs, "results_run")
+pin_button(run)
 if verdict and verdict.get("split") != split:
     st.caption(f"The verdict rests on the {verdict.get('split')} split; the numbers above are {split}.")
 detector = run.summary.get("ood")

@@ -16,10 +16,14 @@ Layout::
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)
         export/<format>/ an exported grader (``python -m retino_core export``)
         checkpoints/best.pt, checkpoints/last.pt
+
+Beside the run folders, ``<runs_dir>/.champions.json`` lists the runs the user pinned to stand
+for their configuration (``{"pinned": [run ids]}``; judging/champions.py decides the rest).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -27,10 +31,11 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
@@ -358,17 +363,6 @@ class RunInfo:
         return self.status.get("created") or self.config.get("created") or ""
 
     @property
-    def queued_at(self) -> float:
-        """When the run was last queued (its place in the queue), else when it was created."""
-        ts = self.status.get("queued_ts")
-        if isinstance(ts, (int, float)):
-            return float(ts)
-        try:
-            return datetime.fromisoformat(self.created).timestamp()
-        except ValueError:
-            return 0.0
-
-    @property
     def notes(self) -> str:
         return str(self.annotations.get("notes") or "")
 
@@ -421,44 +415,47 @@ def read_predictions(run_dir: Path):
         return None
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def log_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "train.log"
-
-
-def log_tail(run_dir: Path, max_lines: int = 60, max_bytes: int = 64_000) -> str:
-    """The end of train.log as a terminal last showed it: a progress bar's redraws (carriage
-    returns) keep only their last state. "" when the run has no log."""
-    try:
-        with open(log_path(run_dir), "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    lines = []
-    for line in _ANSI.sub("", data).replace("\r\n", "\n").split("\n"):
-        shown = [part.rstrip() for part in line.split("\r") if part.strip()]
-        if shown:
-            lines.append(shown[-1])
-    return "\n".join(lines[-max_lines:])
-
-
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         raise RunError(f"unknown checkpoint {which!r}; choose one of: best, last")
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
-def latest_by_configuration(runs: list[RunInfo], done_only: bool = False) -> dict[str, RunInfo]:
-    """The newest run of each of the four configurations (``arch / pretrained|scratch``)."""
-    best: dict[str, RunInfo] = {}
-    for run in runs:  # newest first
-        if done_only and run.state != "done":
-            continue
-        best.setdefault(run.configuration, run)
-    return best
+@contextmanager
+def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive lock on the file ``path`` (created if missing) while the block runs; yields
+    False at once instead of waiting when ``blocking`` is off and another process holds it."""
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+PINS_FILE, PINS_LOCK = ".champions.json", ".champions.lock"
+
+
+def read_pins(runs_dir: Path | None = None) -> list[str]:
+    """The ids of the runs the user pinned to stand for their configuration (see PINS_FILE)."""
+    body = _read_json_shared(Path(runs_dir or default_runs_dir()) / PINS_FILE)
+    return [i for i in body.get("pinned") or [] if isinstance(i, str)]
+
+
+def update_pins(change: Callable[[list[str]], list[str]], runs_dir: Path | None = None) -> list[str]:
+    """Replace the pinned run ids by ``change(pinned)``, under a lock and atomically; returns them."""
+    base = Path(runs_dir or default_runs_dir())
+    base.mkdir(parents=True, exist_ok=True)
+    with locked(base / PINS_LOCK):
+        body = read_json(base / PINS_FILE, {})
+        current = [i for i in (body.get("pinned") if isinstance(body, dict) else None) or [] if isinstance(i, str)]
+        pinned = list(dict.fromkeys(change(current)))
+        write_json(base / PINS_FILE, {"pinned": pinned, "updated": now_iso()})
+    return pinned
 
 
 MAX_NOTES_CHARS, MAX_TAGS, MAX_TAG_CHARS = 10_000, 20, 40

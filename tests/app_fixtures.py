@@ -4,6 +4,7 @@ of the app in AppTest."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -114,6 +115,19 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
     summary["trust"] = trust.assess(summary, "test")  # stored with the summary, as the trainer does
     runs.write_json(run_dir / "summary.json", summary)
     pd.concat(frames).to_csv(run_dir / "predictions.csv", index=False)
+    return run_dir
+
+
+def write_run_at(runs_dir: Path, minute: int, name: str, arch: str = "resnet18", state: str = "done",
+                 skill: float = 2.0, epochs: int = 6, steps: int = 0, data: str = "retinamnist", **summary) -> Path:
+    """A synthetic run created at 12:<minute>, with ``summary`` values set (val_loss, ...)."""
+    run_dir = write_run(runs_dir, arch, state=state, skill=skill, epochs=epochs, name=name, data=data, seed=minute)
+    stamp = f"2026-01-01T12:{minute:02d}:00+00:00"
+    config = json.loads((run_dir / "config.json").read_text())
+    runs.write_json(run_dir / "config.json", {**config, "created": stamp, "max_steps_per_epoch": steps})
+    runs.write_status(run_dir, state, created=stamp)
+    if summary:
+        runs.write_json(run_dir / "summary.json", {**json.loads((run_dir / "summary.json").read_text()), **summary})
     return run_dir
 
 

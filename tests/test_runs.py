@@ -62,12 +62,19 @@ def test_dead_or_silent_trainer_reads_as_interrupted(tmp_path):
         runs.delete_run(run.name, tmp_path)
 
 
-def test_latest_by_configuration_and_delete(finished_run):
+def test_a_real_run_stands_for_its_configuration_and_pins_live_beside_the_runs(finished_run, tmp_path):
+    from retino_core.judging import champions
+
     base = finished_run.parent
     infos = runs.list_runs(base)
-    latest = runs.latest_by_configuration(infos, done_only=True)
-    assert latest["resnet18 / scratch"].path == finished_run
+    found = champions.champion_of(infos[0], infos)
+    assert found.run.path == finished_run and found.reason == "only finished run"
     assert runs.checkpoint_path(finished_run).exists()
+    assert runs.read_pins(tmp_path) == []
+    assert runs.update_pins(lambda p: p + ["a", "b", "a"], tmp_path) == ["a", "b"]
+    assert runs.read_pins(tmp_path) == ["a", "b"] and not list(tmp_path.glob(f".{runs.PINS_FILE}.*.tmp"))
+    (tmp_path / runs.PINS_FILE).write_text("{not json")  # a damaged file reads as no pins
+    assert runs.read_pins(tmp_path) == [] and runs.update_pins(lambda p: p + ["c"], tmp_path) == ["c"]
     with pytest.raises(runs.RunError):
         runs.checkpoint_path(finished_run, "../x")
 

@@ -1,4 +1,4 @@
-"""Commands over the run folders: ``runs``, ``compare`` and ``note``."""
+"""Commands over the run folders: ``runs``, ``compare``, ``note``, ``champions``, ``pin`` and ``unpin``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--search", default="", metavar="TEXT",
                    help="words to find in the run id, name, configuration, tags, notes, data, state or error")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("champions", help="the run that stands for each configuration, and why")
+    p.add_argument("--data", help="only this data set (default: every data set with a finished run)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir", type=Path)
+    p.set_defaults(func=cmd_champions)
+
+    for name, text in (("pin", "make a finished run stand for its configuration on its data set"),
+                       ("unpin", "let the rules choose the run that stands for the configuration again")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", metavar="RUN")
+        p.add_argument("--runs-dir", type=Path)
+        p.set_defaults(func=cmd_pin if name == "pin" else cmd_unpin)
 
 
 def cmd_runs(args) -> int:
@@ -93,7 +106,6 @@ def cmd_compare(args) -> int:
     except comparison.ComparisonError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    result["sentence"] = stats.verdict_sentence(comparison.label(a), comparison.label(b), result)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -105,8 +117,51 @@ def cmd_compare(args) -> int:
         print(f"  {stats.METRIC_NAMES[m]:17} A {fmt(found['a'])}  B {fmt(found['b'])}  A - B {shown}")
     mc = result["mcnemar"]
     print(f"  McNemar exact test: {mc['only_a_right']} images only A gets right, {mc['only_b_right']} only B; "
-          f"p = {mc['p']:.3g}")
+          f"p {stats.p_text(mc['p'])}")
+    for d in result["recipe_differences"]:
+        print(f"  recipe differs: {d['setting']:20} A {d['a']}  B {d['b']}")
     print(result["sentence"])
+    return 0
+
+
+def cmd_champions(args) -> int:
+    from ..judging import champions, trust
+
+    infos = runs.list_runs(args.runs_dir)
+    specs = [args.data] if args.data else sorted({champions.data_of(r) for r in infos if champions.is_finished(r)})
+    found = [c for spec in specs for c in champions.champions(infos, spec).values()]
+    found.sort(key=lambda c: (champions.data_of(c.run), c.configuration))
+    if args.json:
+        print(json.dumps([c.to_dict() for c in found], indent=2))
+        return 0
+    if not found:
+        print("no finished run yet" + (f" on {args.data}" if args.data else "")
+              + ": python -m retino_core sweep --data retinamnist")
+        return 0
+    print(f"{'data':24} {'configuration':22} {'run id':40} {'verdict':24} why")
+    for c in found:
+        print(f"{champions.data_of(c.run)[-24:]:24} {c.configuration:22} {c.run.run_id:40} "
+              f"{trust.label(c.verdict):24} {c.reason}")
+    return 0
+
+
+def cmd_pin(args) -> int:
+    from ..judging import champions
+
+    replaced = champions.pin(args.run, args.runs_dir)
+    run = runs.load_run(runs.resolve_run_dir(args.run, args.runs_dir))
+    print(f"{run.run_id} now stands for {run.configuration} on {champions.data_of(run)}"
+          + (f" (instead of the pinned {', '.join(replaced)})" if replaced else ""))
+    return 0
+
+
+def cmd_unpin(args) -> int:
+    from ..judging import champions
+
+    if champions.unpin(args.run, args.runs_dir):
+        print(f"{args.run} is no longer pinned: the rules choose the run that stands for its configuration")
+    else:
+        print(f"{args.run} was not pinned")
     return 0
 
 

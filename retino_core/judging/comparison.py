@@ -6,16 +6,31 @@ Read from run folders only (summary.json, predictions.csv, config.json); no torc
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
 from .. import runs
+from ..config import TrainConfig
 from . import stats
 
 # Fields that name or date a run rather than change what it trains.
 IDENTITY_FIELDS = ("name", "created", "seed")
+
+
+# What two runs' recipes are compared on: every setting but these, which name or date a run or
+# are the configuration itself (the thing a comparison of configurations is about).
+NOT_RECIPE = ("name", "created", "arch", "pretrained")
+
+
+# The settings that most often explain a gap come first in a list of differences.
+RECIPE_ORDER = ("epochs", "max_steps_per_epoch", "image_size", "batch_size", "lr", "preset", "loss", "sampler",
+                "seed", "data", "patient_column", "patient_regex", "weights")
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 class ComparisonError(ValueError):
@@ -54,17 +69,89 @@ def check_same_test_set(a: runs.RunInfo, b: runs.RunInfo, ta: TestSet, tb: TestS
 
 
 def compare_runs(a: runs.RunInfo, b: runs.RunInfo, n_boot: int = stats.N_BOOT, seed: int = stats.SEED) -> dict:
-    """A minus B on their shared test set: paired-bootstrap intervals and McNemar's exact test."""
+    """A minus B on their shared test set: paired intervals, McNemar's exact test, the settings in
+    which their recipes differ (``recipe_differences``), their names and the sentence."""
     ta, tb = test_set(a), test_set(b)
     check_same_test_set(a, b, ta, tb)
     result = stats.paired_comparison(ta.labels, ta.probs, tb.probs, n_boot, seed)
-    result.update(run_a=a.run_id, run_b=b.run_id)
+    name_a, name_b = names(a, b)
+    result.update(run_a=a.run_id, run_b=b.run_id, name_a=name_a, name_b=name_b,
+                  recipe_differences=recipe_differences(a, b))
+    result["sentence"] = finding(a, b, result)
     return result
 
 
 def label(run: runs.RunInfo) -> str:
     """ResNet50-pretrained, as a sentence names a run."""
     return f"{run.arch.replace('resnet', 'ResNet')}-{'pretrained' if run.pretrained else 'scratch'}"
+
+
+def names(a: runs.RunInfo, b: runs.RunInfo) -> tuple[str, str]:
+    """How a sentence names two runs: by configuration (ResNet18-scratch), or, for two runs of
+    one configuration, by run name, or by run id where the names do not tell them apart."""
+    if label(a) != label(b):
+        return label(a), label(b)
+    by_name = (str(a.config.get("name") or a.run_id), str(b.config.get("name") or b.run_id))
+    return by_name if by_name[0] != by_name[1] else (a.run_id, b.run_id)
+
+
+def recipe_differences(a: runs.RunInfo, b: runs.RunInfo) -> list[dict]:
+    """Every setting in which two runs differ besides architecture and pretraining, the likeliest
+    culprits first: ``[{"setting": "epochs", "a": 6, "b": 2}, ...]``. A setting an older run
+    lacks counts as its default."""
+    return [{"setting": k, "a": setting_of(a, k), "b": setting_of(b, k)} for k in settings_that_differ([a, b])]
+
+
+def setting_of(run: runs.RunInfo, key: str):
+    """One setting of a run's recipe, its default where an older run's config lacks it."""
+    return run.config.get(key, _DEFAULTS.get(key))
+
+
+def settings_that_differ(group: list[runs.RunInfo]) -> list[str]:
+    """The settings, besides architecture and pretraining, that are not the same in every run of ``group``."""
+    keys = {k for r in group for k in r.config} | set(_DEFAULTS)
+    found = [k for k in keys if k not in NOT_RECIPE and any(setting_of(r, k) != setting_of(group[0], k) for r in group)]
+    return sorted(found, key=lambda k: (RECIPE_ORDER.index(k) if k in RECIPE_ORDER else len(RECIPE_ORDER), k))
+
+
+def _recipe_words(run: runs.RunInfo, settings: list[str]) -> str:
+    """'2 epochs of 5 steps, lr 0.001': how one run sets the settings that differ."""
+    words = []
+    if "epochs" in settings or "max_steps_per_epoch" in settings:
+        epochs, steps = int(setting_of(run, "epochs") or 0), int(setting_of(run, "max_steps_per_epoch") or 0)
+        words.append(f"{epochs} epoch{'s' * (epochs != 1)}" + (f" of {steps} steps" if steps else ""))
+    for k in settings:
+        if k not in ("epochs", "max_steps_per_epoch"):
+            value = setting_of(run, k)
+            shown = os.path.basename(str(value).rstrip("/")) if k in ("data", "weights") and value else value
+            words.append(f"{k.replace('_', ' ')} {shown if shown not in (None, '') else '–'}")
+    return ", ".join(words)
+
+
+def recipe_note(a: runs.RunInfo, b: runs.RunInfo, diffs: list[dict] | None = None) -> str:
+    """A sentence naming how two runs' recipes differ, or '' when only the configuration does:
+    'ResNet18-scratch (6 epochs) vs ResNet50-scratch (2 epochs of 5 steps): the gap may come from
+    the recipe, not the architecture.'"""
+    diffs = recipe_differences(a, b) if diffs is None else diffs
+    if not diffs:
+        return ""
+    settings = [d["setting"] for d in diffs]
+    name_a, name_b = names(a, b)
+    head = f"{name_a} ({_recipe_words(a, settings)}) vs {name_b} ({_recipe_words(b, settings)})"
+    what = [w for w, differs in (("architecture", a.arch != b.arch), ("pretraining", a.pretrained != b.pretrained))
+            if differs]
+    if settings == ["seed"]:
+        return f"{head}: otherwise the same recipe; part of any gap may be the seed's doing."
+    if not what:
+        return f"{head}: runs of one configuration, so any gap comes from the recipe (or chance)."
+    return f"{head}: the gap may come from the recipe, not the {' or the '.join(what)}."
+
+
+def finding(a: runs.RunInfo, b: runs.RunInfo, result: dict, p_accuracy: float | None = None) -> str:
+    """The verdict sentence of a comparison, followed by how the recipes differ."""
+    text = stats.verdict_sentence(*names(a, b), result, p_accuracy)
+    note = recipe_note(a, b, result.get("recipe_differences"))
+    return f"{text} {note}" if note else text
 
 
 def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT) -> list[dict]:
@@ -81,7 +168,7 @@ def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT
             found[run.run_id] = test_set(run)
         except ComparisonError as err:
             found[run.run_id] = err
-    counts: dict[tuple, np.ndarray] = {}
+    counts: dict[tuple, stats.Resamples] = {}
     resampled: dict[str, dict] = {}
 
     def resampled_of(run: runs.RunInfo) -> dict:
@@ -89,7 +176,7 @@ def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT
             t = found[run.run_id]
             key = tuple(t.names)
             if key not in counts:
-                counts[key] = stats.bootstrap_counts(t.labels, n_boot, stats.SEED)
+                counts[key] = stats.Resamples.draw(t.labels, n_boot, stats.SEED)
             resampled[run.run_id] = stats.resample(t.labels, t.probs, counts[key])
         return resampled[run.run_id]
 
@@ -102,6 +189,7 @@ def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT
                     raise found[run.run_id]
             check_same_test_set(a, b, found[a.run_id], found[b.run_id])
             row["result"] = stats.paired_from(resampled_of(a), resampled_of(b))
+            row["result"]["recipe_differences"] = recipe_differences(a, b)
         except ComparisonError as err:
             row["refused"] = str(err)
         out.append(row)
@@ -109,7 +197,7 @@ def all_pairs(chosen: dict[str, runs.RunInfo | None], n_boot: int = stats.N_BOOT
     adjusted = stats.holm([r["result"]["mcnemar"]["p"] for r in compared])
     for row, p in zip(compared, adjusted):
         row["p_holm"] = p
-        row["sentence"] = stats.verdict_sentence(label(chosen[row["a"]]), label(chosen[row["b"]]), row["result"], p)
+        row["sentence"] = finding(chosen[row["a"]], chosen[row["b"]], row["result"], p)
     return out
 
 
@@ -121,10 +209,12 @@ def pairs_frame(pairs: list[dict]) -> pd.DataFrame:
             rows.append({"A": p["a"], "B": p["b"], "finding": p["refused"]})
             continue
         m = p["result"]["metrics"]
+        differs = ", ".join(d["setting"] for d in p["result"].get("recipe_differences") or []) or "nothing"
         rows.append({"A": p["a"], "B": p["b"],
                      "accuracy A − B": _diff(m["acc"], 100, " pts"), "QWK A − B": _diff(m["qwk"]),
                      "macro AUC A − B": _diff(m["auc"]),
-                     "McNemar p": p["result"]["mcnemar"]["p"], "Holm p": p["p_holm"], "finding": p["sentence"]})
+                     "McNemar p": p["result"]["mcnemar"]["p"], "Holm p": p["p_holm"],
+                     "recipe differs in": differs, "finding": p["sentence"]})
     return pd.DataFrame(rows)
 
 
@@ -136,16 +226,44 @@ def _diff(m: dict, scale: float = 1.0, unit: str = "") -> str:
             f"{stats.signed(m['ci'][1], scale, digits)})")
 
 
+# Intervals computed again for runs stored with another method, per predictions.csv version.
+_recomputed: dict[tuple, dict] = {}
+
+
+OLDER_METHOD = "an older method (bootstrap stratified by grade), which can be too narrow; retrain to update"
+
+
 def intervals(run: runs.RunInfo) -> dict:
-    """The run's bootstrap intervals (``test_acc_ci`` ...): stored in summary.json, or computed
-    now from predictions.csv for a run trained before they were."""
-    if run.summary.get("test_acc_ci"):
-        return {k: v for k, v in run.summary.items() if k.endswith("_ci") or k == "test_ci_resamples"}
+    """The run's 95 % intervals (``test_acc_ci`` ..., ``test_ci_method``) by stats.CI_METHOD: as
+    stored in summary.json, or, for a run stored with another method or none, computed now from
+    its predictions.csv (and kept for this process). A run without predictions keeps its stored
+    intervals, marked OLDER_METHOD, but its accuracy interval is always Wilson's."""
+    s = run.summary
+    stored = {k: v for k, v in s.items() if k.startswith("test_") and (k.endswith("_ci") or k.startswith("test_ci_"))}
+    if s.get("test_ci_method") == stats.CI_METHOD:
+        return stored
+    path = run.path / "predictions.csv"
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _recomputed:
+        return _recomputed[key]
     try:
         found = test_set(run)
     except ComparisonError:
-        return {}
-    return stats.confidence_intervals(found.labels, found.probs, "test_", seed=int(run.config.get("seed", 0)))
+        if not s.get("test_confusion"):
+            return stored
+        confusion = np.asarray(s["test_confusion"])
+        acc = {"test_acc_ci": list(stats.wilson_interval(int(np.trace(confusion)), int(confusion.sum())))}
+        return {**stored, **acc, "test_ci_method": OLDER_METHOD} if stored else acc
+    points = {m: s.get(f"test_{m}") for m in stats.CI_METRICS}
+    result = stats.confidence_intervals(found.labels, found.probs, "test_", seed=int(run.config.get("seed", 0)),
+                                        points=points)
+    if len(_recomputed) > 256:
+        _recomputed.clear()
+    _recomputed[key] = result
+    return result
 
 
 def recipe(config: dict) -> dict:

@@ -52,13 +52,19 @@ class SplitScores:
 
 
 def load_scores(run_dir: Path) -> dict[str, SplitScores]:
-    """Validation and test logits from predictions.csv; empty when the run has none."""
+    """Validation and test logits from predictions.csv; empty when the run has none. A file
+    without logits gives log-probabilities instead, which differ from the logits by a constant
+    per image: every temperature scales them to the same probabilities."""
     df = runs.read_predictions(run_dir)
     if df is None:
         return {}
     out = {}
+    columns = [f"logit{c}" for c in range(NUM_CLASSES)]
     for split, part in df.groupby("split", sort=False):
-        logits = part[[f"logit{c}" for c in range(NUM_CLASSES)]].to_numpy(dtype=np.float64)
+        if set(columns) <= set(part.columns):
+            logits = part[columns].to_numpy(dtype=np.float64)
+        else:
+            logits = np.log(np.clip(part[[f"p{c}" for c in range(NUM_CLASSES)]].to_numpy(dtype=np.float64), 1e-12, 1))
         out[str(split)] = SplitScores(part["label"].to_numpy(dtype=np.int64), logits, part["name"].astype(str).tolist())
     return out
 
@@ -81,3 +87,33 @@ def calibration_table(scores: dict[str, SplitScores], temperature: float) -> lis
             rows.append({"split": split, "probabilities": label, "ECE": metrics.expected_calibration_error(s.labels, p),
                          "NLL": metrics.nll(s.labels, p), "accuracy": float(np.mean(p.argmax(1) == s.labels))})
     return rows
+
+
+def calibration_check(run_dir: Path, temperature: float | None) -> dict | None:
+    """Whether temperature scaling improved the test probabilities (lower NLL *and* lower ECE),
+    on how many validation images the temperature was fitted, and one sentence that says so.
+    Where it did not improve them, Classify and Evaluation show the uncalibrated probabilities
+    by default. None without test predictions."""
+    from .trust import shown_against
+
+    scores = load_scores(Path(run_dir))
+    test, val = scores.get("test"), scores.get("val")
+    if test is None:
+        return None
+    t = float(temperature or 1.0)
+    nll = [metrics.nll(test.labels, test.probs(x)) for x in (1.0, t)]
+    ece = [metrics.expected_calibration_error(test.labels, test.probs(x)) for x in (1.0, t)]
+    n_val = 0 if val is None else len(val.labels)
+    helps = t != 1.0 and nll[1] < nll[0] and ece[1] < ece[0]
+    change = (f"NLL {nll[0]:.3f} → {shown_against(nll[1], nll[0], 3)}, "
+              f"ECE {ece[0]:.3f} → {shown_against(ece[1], ece[0], 3)}")
+    if t == 1.0:
+        sentence = "No temperature was fitted (no validation split): the probabilities are the model's own."
+    elif helps:
+        sentence = f"Temperature {t:.2f}, fitted on {n_val:,} validation images, improves the test probabilities: {change}."
+    else:
+        worse = " and ".join(w for w, (a, b) in (("NLL", nll), ("ECE", ece)) if not b < a)
+        sentence = (f"Temperature scaling (T = {t:.2f}, fitted on {n_val:,} validation images) does not improve the "
+                    f"test {worse}: {change}.")
+    return {"temperature": t, "val_images": n_val, "helps": helps, "test_nll": nll, "test_ece": ece,
+            "sentence": sentence}

@@ -21,8 +21,16 @@ weak, when none of those but any of
   W5  the temperature fitted on validation sits at a limit of its search range (0.05 to 20):
       the probabilities could not be calibrated (usually a model that has barely trained;
       the low limit is allowed when every validation image is right);
-  W6  fewer than MIN_TEST_IMAGES (50) test images: every number is too uncertain to act on.
+  W6  fewer than MIN_TEST_IMAGES (50) test images: every number is too uncertain to act on;
+  W7  a grade with at least MIN_GRADE_IMAGES (10) test images is never recognised (recall 0):
+      "never recognises Mild (46 test photos)".
 usable otherwise.
+
+A number is compared with its threshold exactly, and printed with as many decimals as it takes
+for the printed number to fall on the same side of the printed threshold (0.6999 is "0.6999
+(under 0.70)", never "0.70 (under 0.70)"). Kappa is worded by Landis and Koch's bands.
+
+A verdict stored by an older set of rules (``rules`` below RULES) is judged again when read.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import math
 import numpy as np
 
 from ..config import COLLAPSE_SHARE, GRADE_NAMES, TEMPERATURE_RANGE
+from .stats import wilson_interval  # noqa: F401 - the accuracy interval, used here and by the model card
 
 USABLE, WEAK, GUESSING = "usable", "weak", "no better than guessing"
 
@@ -51,17 +60,36 @@ NEAR_COLLAPSE_RATIO, NEAR_COLLAPSE_POINTS = 1.5, 0.20
 MIN_TEST_IMAGES = 50
 
 
+MIN_GRADE_IMAGES = 10  # a grade this common in the test set that is never recognised makes a run weak
+
+
 ALPHA = 0.05
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+# The version of these rules; a stored verdict of an older version is judged again (of_summary).
+RULES = 2
+
+
+# Landis and Koch (Biometrics 1977;33:159-174), for kappa above 0; each band from its lower
+# bound (inclusive) to the next. At or below 0: no agreement beyond chance.
+KAPPA_BANDS = ((0.8, "almost perfect"), (0.6, "substantial"), (0.4, "moderate"), (0.2, "fair"), (0.0, "slight"))
+
+
+def kappa_words(kappa: float | None) -> str:
+    """'moderate agreement', 'no agreement beyond chance', ... for a (weighted) kappa."""
+    if kappa is None or not math.isfinite(kappa) or kappa <= 0:
+        return "no agreement beyond chance"
+    return next(f"{name} agreement" for bound, name in KAPPA_BANDS if kappa >= bound)
+
+
+def shown_against(value: float, threshold: float, digits: int = 2) -> str:
+    """``value`` with the fewest decimals (at least ``digits``) that keep it on its side of
+    ``threshold`` once both are printed: 0.6999 against 0.70 is '0.6999', 0.65 is '0.65'."""
+    for d in range(digits, 10):
+        a, b = round(value, d), round(threshold, d)
+        if (a > b) - (a < b) == (value > threshold) - (value < threshold):
+            return f"{value:.{d}f}"
+    return repr(value)
 
 
 def beats_baseline_p(k: int, n: int, baseline: float) -> float:
@@ -102,7 +130,7 @@ def assess(summary: dict, split: str = "test") -> dict | None:
     m = np.asarray(confusion, dtype=np.int64)
     checks = _checks(summary, split, m)
     n, acc, (lo, hi), baseline = checks["n"], checks["acc"], checks["acc_ci"], checks["majority_acc"]
-    auc, qwk, temperature, p_value = checks["auc"], checks["qwk"], checks["temperature"], checks["p_above_baseline"]
+    auc, qwk, p_value = checks["auc"], checks["qwk"], checks["p_above_baseline"]
     guessing, weak = [], []
     predicted = m.sum(0) / max(n, 1)
     top = int(np.argmax(predicted))
@@ -110,7 +138,8 @@ def assess(summary: dict, split: str = "test") -> dict | None:
         guessing.append(f"It answers {GRADE_NAMES[top]} for {_pct(predicted[top])} of the {split} images: "
                         "it has collapsed onto one grade.")
     if auc is not None and auc <= GUESS_AUC:
-        guessing.append(f"Its macro AUC is {auc:.2f}, at chance level (0.50): its scores do not rank the grades.")
+        guessing.append(f"Its macro AUC is {shown_against(auc, GUESS_AUC)}, at chance level (at most "
+                        f"{GUESS_AUC:.2f}; 0.50 is a coin toss): its scores do not rank the grades.")
     no_skill = p_value is not None and p_value >= ALPHA
     near = near_collapse(m)
     checks["near_collapse"] = near
@@ -121,25 +150,39 @@ def assess(summary: dict, split: str = "test") -> dict | None:
             guessing.append(reason)
         else:
             weak.append(reason)
+    weak += _weak_reasons(summary, split, m, checks)
+    verdict = GUESSING if guessing else WEAK if weak else USABLE
+    return {"verdict": verdict, "reasons": guessing + weak, "basis": _basis(split, checks), "split": split,
+            "checks": checks, "rules": RULES}
+
+
+def _weak_reasons(summary: dict, split: str, m: np.ndarray, checks: dict) -> list[str]:
+    """The sentences of the rules that make a run at most weak (W2 to W7; W1 is in assess)."""
+    n, auc, qwk, temperature, near = checks["n"], checks["auc"], checks["qwk"], checks["temperature"], checks["near_collapse"]
+    weak = []
     if auc is not None and GUESS_AUC < auc < WEAK_AUC:
-        weak.append(f"Its macro AUC is {auc:.2f} (under {WEAK_AUC:.2f}): it ranks the grades poorly.")
+        weak.append(f"Its macro AUC is {shown_against(auc, WEAK_AUC)} (under {WEAK_AUC:.2f}): it ranks the grades poorly.")
     if qwk is None:
         weak.append("Its quadratic weighted kappa is undefined: it agrees with the graders no better than chance.")
     elif qwk < WEAK_QWK:
-        weak.append(f"Its quadratic weighted kappa is {qwk:.2f} (under {WEAK_QWK:.2f}): "
-                    "at best fair agreement with the graders.")
-    if near and not (predicted[top] >= COLLAPSE_SHARE):
+        weak.append(f"Its quadratic weighted kappa is {shown_against(qwk, WEAK_QWK)} (under {WEAK_QWK:.2f}): "
+                    f"{kappa_words(qwk)} with the graders.")
+    predicted = m.sum(0) / max(n, 1)
+    if near and not (predicted.max() >= COLLAPSE_SHARE):
         weak.append(f"It nearly collapsed: it answers {GRADE_NAMES[near['grade']]} for {_pct(near['predicted_share'])} "
                     f"of the {split} images, which are {_pct(near['true_share'])} {GRADE_NAMES[near['grade']]}.")
+    never = checks["never_recognised"] = [
+        {"grade": g, "images": int(m[g].sum())} for g in range(len(m)) if m[g].sum() >= MIN_GRADE_IMAGES and m[g, g] == 0]
+    if never:
+        weak.append("It never recognises " + " or ".join(
+            f"{GRADE_NAMES[x['grade']]} ({x['images']} {split} photos)" for x in never) + ": its recall there is 0.")
     if temperature is not None and at_temperature_limit(temperature, summary.get("val_acc")):
         weak.append(f"Its calibration temperature ({temperature:.2f}) sits at the limit of its search range: "
                     "its probabilities could not be calibrated.")
     if n < MIN_TEST_IMAGES:
+        lo, hi = checks["acc_ci"]
         weak.append(f"It was tested on {n} images only: accuracy could lie anywhere from {_pct(lo)} to {_pct(hi)}.")
-
-    verdict = GUESSING if guessing else WEAK if weak else USABLE
-    return {"verdict": verdict, "reasons": guessing + weak, "basis": _basis(split, checks), "split": split,
-            "checks": checks}
+    return weak
 
 
 def _checks(summary: dict, split: str, m: np.ndarray) -> dict:
@@ -147,9 +190,7 @@ def _checks(summary: dict, split: str, m: np.ndarray) -> dict:
     n = int(m.sum())
     correct = int(np.trace(m))
     baseline = summary.get(f"{split}_majority_acc")
-    # The stratified bootstrap interval stored with the run when there is one (the same one the
-    # tables show); Wilson's score interval otherwise.
-    lo, hi = summary.get(f"{split}_acc_ci") or wilson_interval(correct, n)
+    lo, hi = wilson_interval(correct, n)  # what the tables show too (stats.CI_METHOD)
     return {"n": n, "acc": correct / n if n else 0.0, "acc_ci": [lo, hi], "majority_acc": baseline,
             "p_above_baseline": beats_baseline_p(correct, n, baseline) if baseline is not None else None,
             "auc": summary.get(f"{split}_auc"), "qwk": summary.get(f"{split}_qwk"),
@@ -178,7 +219,7 @@ def of_summary(summary: dict | None) -> dict | None:
     if not summary:
         return None
     stored = summary.get("trust")
-    if isinstance(stored, dict) and stored.get("verdict") in VERDICTS:
+    if isinstance(stored, dict) and stored.get("verdict") in VERDICTS and stored.get("rules") == RULES:
         return stored
     return assess(summary, "test") or assess(summary, "val")
 

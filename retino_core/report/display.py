@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import runs
+from ..training import launch
 from ..runs import RunInfo
 
 # The rate behind an ETA comes from recent step rows; an older gap (a pause before a resume,
@@ -167,8 +170,34 @@ def slot_text(run: RunInfo) -> str:
 VERDICT_COLOURS = {"usable": "green", "weak": "orange", "no better than guessing": "red"}
 
 
+def verdict_colour(trust: dict | None) -> str:
+    """The verdict's colour (green, orange, red; gray when not judged): for a number that the
+    verdict qualifies, such as the gain over the majority baseline."""
+    return VERDICT_COLOURS.get(trust["verdict"], "gray") if trust else "gray"
+
+
 def verdict_badge(trust: dict | None) -> str:
     """The verdict as Streamlit markdown, coloured: :green[usable], :orange[weak], :red[...]."""
     if not trust:
         return ":gray[not judged]"
-    return f":{VERDICT_COLOURS.get(trust['verdict'], 'gray')}[**{trust['verdict']}**]"
+    return f":{verdict_colour(trust)}[**{trust['verdict']}**]"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def log_tail(run: RunInfo, max_lines: int = 60, max_bytes: int = 64_000) -> str:
+    """The end of the run's train.log as a terminal last showed it: a progress bar's redraws
+    (carriage returns) keep only their last state, colour codes go. "" when there is no log."""
+    try:
+        with open(launch.log_path(run.path), "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = []
+    for line in _ANSI.sub("", data).replace("\r\n", "\n").split("\n"):
+        shown = [part.rstrip() for part in line.split("\r") if part.strip()]
+        if shown:
+            lines.append(shown[-1])
+    return "\n".join(lines[-max_lines:])

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import runs
 from ..config import ARCHS, GRADE_NAMES, TrainConfig, make_config
-from ..judging import comparison, stats, trust
+from ..judging import champions, comparison, stats, trust
 from . import display, figures
 
 # The lab report's 2x2 table: rows with / without pretraining, columns ResNet18 / ResNet50.
@@ -52,11 +52,7 @@ def four_configs(preset: str = "cpu", seeds: int = 1, **overrides) -> list[Train
     return out
 
 
-def same_data(run: runs.RunInfo, data: str | None) -> bool:
-    """Whether ``run`` trained on ``data`` (None matches every run)."""
-    if data is None:
-        return True
-    return str(run.config.get("data", "retinamnist")).strip().rstrip("/") == str(data).strip().rstrip("/")
+same_data = champions.same_data
 
 
 def default_data(all_runs: list[runs.RunInfo]) -> str:
@@ -70,11 +66,17 @@ def datasets(all_runs: list[runs.RunInfo], done_only: bool = True) -> list[str]:
     return list(pd.Series(specs, dtype=object).value_counts().index) if specs else []
 
 
-def pick_four(all_runs: list[runs.RunInfo], data: str | None = None,
-              done_only: bool = False) -> dict[str, runs.RunInfo | None]:
-    """The newest run of each configuration on ``data``, in FOUR order (None where none)."""
-    latest = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)], done_only)
-    return {name: latest.get(name) for name in CONFIGURATIONS}
+def champion_four(all_runs: list[runs.RunInfo], data: str | None,
+                  choices: dict[str, str] | None = None) -> dict[str, champions.Champion | None]:
+    """The champion of each configuration on ``data`` (champions.champions), in FOUR order; None
+    where the configuration has no finished run. ``choices``: the session's picks, as on Compare."""
+    found = champions.champions(all_runs, data, choices)
+    return {name: found.get(name) for name in CONFIGURATIONS}
+
+
+def runs_of(four: dict[str, champions.Champion | None]) -> dict[str, runs.RunInfo | None]:
+    """The runs behind a champion_four mapping."""
+    return {name: (c.run if c else None) for name, c in four.items()}
 
 
 def best_test_acc(run: runs.RunInfo) -> float | None:
@@ -90,50 +92,55 @@ def one_line(text: str | None, limit: int = 160) -> str:
 
 
 def not_done(all_runs: list[runs.RunInfo], data: str | None) -> dict[str, str]:
-    """Per configuration with no finished run on ``data``: what its newest run is doing
-    ('failed: <reason>', 'running', ...) or 'not trained yet'."""
-    newest = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)])
-    done = runs.latest_by_configuration([r for r in all_runs if same_data(r, data)], done_only=True)
+    """Per configuration with no finished run on ``data``: what it is doing ('running', 'queued',
+    'failed: <reason>') or 'not trained yet'."""
+    now = champions.standing(all_runs, data)
     out = {}
     for name in CONFIGURATIONS:
-        if name in done:
+        found = now.get(name)
+        if found is not None and found.champion is not None:
             continue
-        run = newest.get(name)
-        if run is None:
+        if found is None:
             out[name] = "not trained yet"
-        elif run.state in runs.ACTIVE_STATES:
-            out[name] = run.state
+        elif found.running or found.queued:
+            out[name] = "running" if found.running else "queued"
+        elif found.failed is not None:
+            reason = one_line(found.failed.status.get("error"))
+            out[name] = f"{found.failed.state}: {reason}" if reason else found.failed.state
         else:
-            reason = one_line(run.status.get("error"))
-            out[name] = f"{run.state}: {reason}" if reason else run.state
+            out[name] = "not trained yet"
     return out
 
 
-def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.RunInfo] | None = None,
+def comparison_frame(four: dict[str, champions.Champion | None], all_runs: list[runs.RunInfo] | None = None,
                      data: str | None = None) -> pd.DataFrame:
-    """One row per configuration with the headline numbers, their 95 % intervals, the verdict
+    """One row per configuration (champion_four's champions) with the run that stands for it and
+    why, the headline numbers, their 95 % intervals, the verdict, the recipe's epochs and steps
     and, where the recipe ran with several seeds (in ``all_runs``), mean and SD over seeds.
     A configuration without a finished run says why ('failed: <reason>', 'queued', ...)."""
     pending = not_done(all_runs, data) if all_runs is not None else {}
     rows = []
-    for (arch, pretrained), (name, run) in zip(FOUR, four.items()):
-        s = run.summary if run else {}
+    for (arch, pretrained), (name, champion) in zip(FOUR, four.items()):
+        run = champion.run if champion else None
+        s, c = (run.summary, run.config) if run else ({}, {})
         verdict = trust.of_summary(s) if run else None
         ci = comparison.intervals(run) if run else {}
         spread = comparison.seed_spread(run, all_runs or [run]) if run else {}
         rows.append({
             "configuration": name, "model": COLUMN_NAMES[arch], "pretraining": ROW_NAMES[pretrained],
-            "run": run.run_id if run else None,
+            "run": run.run_id if run else None, "chosen_because": champion.reason if champion else None,
             "test_acc": s.get("test_acc"), "best_test_acc_over_epochs": best_test_acc(run) if run else None,
             "test_qwk": s.get("test_qwk"), "test_auc": s.get("test_auc"),
             "test_referable_auc": s.get("test_referable_auc"), "test_macro_f1": s.get("test_macro_f1"),
             "test_majority_acc": s.get("test_majority_acc"), "test_collapsed": s.get("test_collapsed"),
             "test_collapse_share": s.get("test_collapse_share"),
             "test_collapse_grade": s.get("test_collapse_grade"), "best_epoch": s.get("best_epoch"),
-            "epochs": (run.config.get("epochs") if run else None), "train_seconds": s.get("train_seconds"),
+            "epochs": c.get("epochs"), "max_steps_per_epoch": c.get("max_steps_per_epoch", 0) if run else None,
+            "train_seconds": s.get("train_seconds"),
             "verdict": verdict["verdict"] if verdict else None,
             "verdict_reasons": " ".join(verdict["reasons"]) if verdict else None,
             **{f"test_{m}_ci": ci.get(f"test_{m}_ci") for m in stats.CI_METRICS},
+            "ci_method": ci.get("test_ci_method"),
             "status": "done" if run else pending.get(name, "not trained yet"),
             "seeds": spread.get("seeds"),
             **{k: spread.get(k) for k in ("test_acc_mean", "test_acc_sd", "test_qwk_mean", "test_qwk_sd")},
@@ -141,7 +148,22 @@ def comparison_frame(four: dict[str, runs.RunInfo | None], all_runs: list[runs.R
     frame = pd.DataFrame(rows)
     frame["test_acc_verdict"] = [_acc_with_verdict(r) for _, r in frame.iterrows()]
     frame["test_qwk_ci_shown"] = [_with_interval(r, "qwk", display.number) for _, r in frame.iterrows()]
+    frame["stands_for"] = [f"{r['run']} ({r['chosen_because']})" if r["run"] else r["status"] for _, r in frame.iterrows()]
     return frame
+
+
+def recipe_table(four: dict[str, runs.RunInfo | None]) -> pd.DataFrame:
+    """Every setting in which the compared runs differ besides architecture and pretraining (one
+    row each, a column per configuration); epochs and steps per epoch always. Empty without runs."""
+    done = {name: run for name, run in four.items() if run is not None}
+    if not done:
+        return pd.DataFrame()
+    settings = comparison.settings_that_differ(list(done.values()))
+    settings = list(dict.fromkeys(["epochs", "max_steps_per_epoch", *settings]))
+    table = pd.DataFrame({name: ["–" if (v := comparison.setting_of(run, k)) is None else str(v) for k in settings]
+                          for name, run in done.items()}, index=settings)
+    table.index.name = "setting"
+    return table
 
 
 def _interval_text(ci, fmt) -> str:
@@ -181,12 +203,21 @@ def table_2x2(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table
 
 
-def findings(frame: pd.DataFrame) -> list[str]:
-    """Plain sentences about what the numbers show: each verdict that is not usable, the winner."""
+def findings(frame: pd.DataFrame, differing: list[str] | tuple = ()) -> list[str]:
+    """Plain sentences about what the numbers show: each verdict that is not usable, the winner,
+    and, where the compared runs' recipes differ (``differing``: recipe_table's settings that
+    differ), that a gap may come from the recipe."""
     out = []
     done = frame.dropna(subset=["test_acc"])
     if done.empty:
         return ["No configuration has finished yet."]
+    if len(done) > 1 and differing:
+        out.append(f"The runs compared differ in their recipe as well as their configuration ({', '.join(differing)}): "
+                   "a gap between configurations may come from the recipe, not the architecture or the pretraining "
+                   "(see the settings that differ).")
+    old = done[done["ci_method"].fillna("") == comparison.OLDER_METHOD] if "ci_method" in done else done.iloc[:0]
+    if not old.empty:
+        out.append(f"The QWK and AUC intervals of {', '.join(old['configuration'])} come from {comparison.OLDER_METHOD}.")
     for _, row in done.iterrows():
         if row["verdict"] and row["verdict"] != trust.USABLE:
             out.append(f"{row['configuration']} is {row['verdict']}: {row['verdict_reasons']}")
@@ -221,7 +252,9 @@ def _fmt_cell(value, metric: str) -> str:
         return "–".join(_fmt_cell(v, metric.removesuffix("_ci")) for v in value)
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
-    if metric in ("best_epoch", "epochs", "seeds"):
+    if metric in P_COLUMNS:
+        return _p_cell(value)
+    if metric in ("best_epoch", "epochs", "seeds", "max_steps_per_epoch"):
         return str(int(value))
     if "_acc" in metric or metric.endswith("_share"):
         return display.percent(value)
@@ -267,8 +300,32 @@ def comparison_figures(four: dict[str, runs.RunInfo | None], normalize: bool = T
     return out
 
 
-PAIRS_NOTE = ("Paired over the same test images: differences with 95 % paired-bootstrap intervals "
-              "(stratified by grade), McNemar's exact test for accuracy, p-values Holm-adjusted over the pairs.")
+PAIRS_NOTE = ("Paired over the same test images: the accuracy difference with Tango's 95 % score interval, the "
+              "QWK and AUC differences with 95 % paired-bootstrap intervals (over images; for the AUCs, within each "
+              "grade), McNemar's exact test for accuracy, p-values Holm-adjusted over the pairs. 'Recipe differs in' "
+              "names every setting besides architecture and pretraining in which the two runs differ.")
+
+
+INTERVALS_NOTE = ("95 % intervals: Wilson's score interval for accuracy (it keeps its width for a model that always "
+                  "gives one answer), a bootstrap over the test images (1,000 resamples) for QWK.")
+
+
+def differing(table: pd.DataFrame) -> list[str]:
+    """The settings of a recipe_table whose values are not all the same."""
+    return [k for k, row in table.iterrows() if any(v != row.iloc[0] for v in row)] if len(table.columns) > 1 else []
+
+
+def _p_cell(value) -> str:
+    text = stats.p_text(value)
+    return text[2:] if text.startswith("= ") else text
+
+
+P_COLUMNS = ("McNemar p", "Holm p")
+
+
+def p_values_as_text(pairs: pd.DataFrame) -> pd.DataFrame:
+    """comparison.pairs_frame with its p-values written as text: '0.21', '< 0.001', never 0."""
+    return pairs.assign(**{c: pairs[c].map(_p_cell) for c in P_COLUMNS if c in pairs})
 
 
 def _table_html(df: pd.DataFrame, metric: str | None = None, index: bool = True) -> str:
@@ -289,53 +346,86 @@ def _zip(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-def build_report(four: dict[str, runs.RunInfo | None], data: str | None = None,
-                 normalize: bool = True, all_runs: list[runs.RunInfo] | None = None) -> bytes:
-    """A zip: report.md (tables), report.html (tables and interactive figures), per-run CSV/JSON."""
+def _sections(four: dict[str, champions.Champion | None], data: str | None, all_runs) -> list[tuple]:
+    """The report's parts, in order: ('h2', text), ('p', text), ('ul', items), ('table', frame, metric, index)."""
     frame = comparison_frame(four, all_runs, data)
+    chosen = runs_of(four)
+    acc, best, qwk, who = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs",
+                                                       "test_qwk_ci_shown", "stands_for"))
+    detail_cols = ["configuration", "run", "chosen_because", "verdict", "test_acc", "test_acc_ci",
+                   "best_test_acc_over_epochs", "test_majority_acc", "test_qwk", "test_qwk_ci", "test_auc", "test_auc_ci",
+                   "test_referable_auc", "test_referable_auc_ci", "test_macro_f1", "test_collapsed", "seeds",
+                   "best_epoch", "epochs", "max_steps_per_epoch", "train_seconds"]
+    recipe = recipe_table(chosen)
+    pairs = comparison.pairs_frame(comparison.all_pairs(chosen))
+    return [
+        ("h2", "The run that stands for each configuration, and why"), ("table", who, None, True),
+        ("p", "Each configuration is represented by its champion: the run the user pinned, else the best finished "
+              "usable run by the validation-selected metric, else the best finished run (never simply the newest)."),
+        ("h2", "Test accuracy of the checkpoint chosen on validation, its 95 % interval and how far to trust it"),
+        ("table", acc, None, True),
+        ("p", f"Always answering the commonest grade scores {_baselines(frame)} on these test images. "
+              f"{VERDICT_RULES} {INTERVALS_NOTE}"),
+        ("h2", "Quadratic weighted kappa (test), with its 95 % interval"), ("table", qwk, None, True),
+        ("h2", "Settings that differ between the runs compared"),
+        ("table", recipe, None, True) if not recipe.empty else ("p", "No finished run."),
+        ("h2", "Is the difference real?"), ("p", PAIRS_NOTE),
+        ("table", pairs, None, False) if not pairs.empty else ("p", "Fewer than two configurations have finished."),
+        ("h2", "Findings"), ("ul", findings(frame, differing(recipe))),
+        ("h2", "Best test accuracy over epochs (the lab report's number; chosen on test, so optimistic)"),
+        ("table", best, "test_acc", True),
+        ("h2", "All numbers"), ("table", frame[detail_cols], None, False),
+    ], frame
+
+
+def _markdown(parts: list[tuple]) -> str:
+    out = []
+    for kind, *body in parts:
+        if kind == "table":
+            table, metric, index = body
+            out.append(markdown_table(table, {c: metric for c in table} if metric else None, index=index))
+        elif kind == "ul":
+            out.append("\n".join(f"- {n}" for n in body[0]))
+        else:
+            out.append(f"## {body[0]}" if kind == "h2" else body[0])
+    return "\n\n".join(out)
+
+
+def _html(parts: list[tuple]) -> str:
+    out = []
+    for kind, *body in parts:
+        if kind == "table":
+            out.append(_table_html(body[0], body[1], body[2]))
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in body[0]) + "</ul>")
+        else:
+            out.append(f"<{kind}>{html.escape(body[0])}</{kind}>")
+    return "\n".join(out)
+
+
+def build_report(four: dict[str, champions.Champion | None], data: str | None = None,
+                 normalize: bool = True, all_runs: list[runs.RunInfo] | None = None) -> bytes:
+    """A zip: report.md (tables), report.html (tables and interactive figures), per-run CSV/JSON.
+    ``four``: champion_four's champions (or the session's picks)."""
+    parts, frame = _sections(four, data, all_runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Diabetic-retinopathy grading: four configurations on {display.data_label(data or '')}"
-    acc, best, qwk = (table_2x2(frame, m) for m in ("test_acc_verdict", "best_test_acc_over_epochs", "test_qwk_ci_shown"))
-    detail_cols = ["configuration", "run", "verdict", "test_acc", "test_acc_ci", "best_test_acc_over_epochs",
-                   "test_majority_acc", "test_qwk", "test_qwk_ci", "test_auc", "test_auc_ci", "test_referable_auc",
-                   "test_referable_auc_ci", "test_macro_f1", "test_collapsed", "seeds", "best_epoch", "epochs",
-                   "train_seconds"]
-    detail = frame[detail_cols]
-    notes = findings(frame)
-    pairs = comparison.pairs_frame(comparison.all_pairs(four))
     md = "\n\n".join([
         f"# {title}", f"Generated {stamp}. Grades: " + ", ".join(f"{i} {n}" for i, n in enumerate(GRADE_NAMES)) + ".",
-        "## Test accuracy of the checkpoint chosen on validation, its 95 % interval and how far to trust it",
-        markdown_table(acc, index=True),
-        f"Always answering the commonest grade scores {_baselines(frame)} on these test images. {VERDICT_RULES}",
-        "## Quadratic weighted kappa (test), with its 95 % interval", markdown_table(qwk, index=True),
-        "## Is the difference real?", PAIRS_NOTE,
-        markdown_table(pairs) if not pairs.empty else "Fewer than two configurations have finished.",
-        "## Findings", "\n".join(f"- {n}" for n in notes),
-        "## Best test accuracy over epochs (the lab report's number; chosen on test, so optimistic)",
-        markdown_table(best, {c: "test_acc" for c in best}, index=True),
-        "## All numbers", markdown_table(detail),
-        "Interactive figures: open report.html. Per-epoch numbers: runs/<run>/epochs.csv.",
+        _markdown(parts), "Interactive figures: open report.html. Per-epoch numbers: runs/<run>/epochs.csv.",
     ]) + "\n"
-
-    figs = comparison_figures(four, normalize)
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs.values())]
+    figs = comparison_figures(runs_of(four), normalize)
+    charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs.values())]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
 table.t{{border-collapse:collapse;margin:0.5em 0 1.5em}} .t td,.t th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>Generated {stamp}.</p>
-<h2>Test accuracy (checkpoint chosen on validation), its 95 % interval and how far to trust it</h2>{_table_html(acc)}
-<p>Always answering the commonest grade scores {html.escape(_baselines(frame))} on these test images. {html.escape(VERDICT_RULES)}</p>
-<h2>Quadratic weighted kappa (test), with its 95 % interval</h2>{_table_html(qwk)}
-<h2>Is the difference real?</h2><p>{html.escape(PAIRS_NOTE)}</p>{_table_html(pairs, index=False) if not pairs.empty else ''}
-<h2>Findings</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
-<h2>Best test accuracy over epochs (lab report's number; chosen on test, so optimistic)</h2>{_table_html(best, "test_acc")}
-<h2>All numbers</h2>{_table_html(detail, index=False)}
-<h2>Figures</h2>{''.join(parts) or '<p>No finished runs.</p>'}
+{_html(parts)}
+<h2>Figures</h2>{''.join(charts) or '<p>No finished runs.</p>'}
 </body></html>"""
 
     files = {"report.md": md, "report.html": page, "comparison.csv": frame.to_csv(index=False)}
-    for run in (r for r in four.values() if r is not None):
+    for run in (r for r in runs_of(four).values() if r is not None):
         files[f"runs/{run.run_id}/config.json"] = json.dumps(run.config, indent=2, sort_keys=True)
         files[f"runs/{run.run_id}/summary.json"] = json.dumps(run.summary, indent=2, sort_keys=True)
         files[f"runs/{run.run_id}/epochs.csv"] = epoch_frame(run).to_csv(index=False)

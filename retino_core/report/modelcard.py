@@ -19,7 +19,7 @@ from ..config import GRADE_NAMES
 from ..data.patients import straddling
 from ..data.sources import source_of
 from ..errors import DataError
-from ..judging import metrics, operating, trust
+from ..judging import comparison, metrics, operating, trust
 from . import display
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
@@ -34,20 +34,12 @@ CI_METRICS = (("acc", "accuracy"), ("auc", "macro AUC (one grade vs the rest)"),
               ("macro_f1", "macro F1"), ("referable_auc", "referable-DR AUC (grade ≥ 2)"))
 
 
-def load_scores(run_dir: Path) -> dict:
-    """operating.load_scores; empty for a predictions.csv without logits (written before they were kept)."""
-    try:
-        return operating.load_scores(Path(run_dir))
-    except KeyError:
-        return {}
-
-
 def referable_point(run_dir: Path, temperature: float, target: float = operating.TARGET_SENSITIVITY) -> dict | None:
     """'Refer when P(grade ≥ 2) ≥ threshold', the threshold chosen on validation as the
     Evaluation page does (the highest that reaches ``target`` sensitivity, calibrated
     probabilities), with sensitivity and specificity (95 % Wilson intervals), PPV and NPV on
     every split. None without validation predictions holding both kinds of eye."""
-    scores = load_scores(run_dir)
+    scores = operating.load_scores(Path(run_dir))
     val = scores.get("val")
     if val is None:
         return None
@@ -177,19 +169,18 @@ def _recipe_section(config: dict, summary: dict) -> Section:
     return Section("Recipe", [Table(["", ""], rows)])
 
 
-def _results_section(summary: dict, verdict: dict | None) -> Section:
-    acc_ci = summary.get("test_acc_ci") or ((verdict or {}).get("checks") or {}).get("acc_ci")
+def _results_section(summary: dict, ci: dict) -> Section:
+    """``ci``: the run's intervals (comparison.intervals)."""
     rows = []
     for key, label in CI_METRICS:
         value = summary.get(f"test_{key}")
-        interval = acc_ci if key == "acc" else summary.get(f"test_{key}_ci")
+        interval = ci.get(f"test_{key}_ci")
         if key == "acc":
             rows.append([label, display.percent(value), _ci(interval)])
             rows.append(["always the commonest training grade", display.percent(summary.get("test_majority_acc")), "–"])
         else:
             rows.append([label, display.number(value), _ci_number(interval)])
-    method = ("stratified bootstrap over the test images" if summary.get("test_acc_ci")
-              else "Wilson score interval for accuracy; none computed for the others")
+    method = ci.get("test_ci_method") or "Wilson score interval for accuracy; none computed for the others"
     support = summary.get("test_support") or [None] * len(GRADE_NAMES)
 
     def per_class(key: str, g: int) -> str:  # a grade without test images has no recall to speak of
@@ -208,7 +199,7 @@ def _results_section(summary: dict, verdict: dict | None) -> Section:
 def _operating_section(point: dict | None) -> Section:
     title = "Referable DR (grade ≥ 2): operating point"
     if point is None:
-        return Section(title, ["No threshold: the run has no validation logits (predictions.csv) with both "
+        return Section(title, ["No threshold: the run has no validation predictions (predictions.csv) with both "
                                "referable and non-referable eyes to choose one on."])
     rows = []
     for split, label in (("val", "this model, validation"), ("test", "this model, test")):
@@ -230,7 +221,7 @@ def _operating_section(point: dict | None) -> Section:
 
 def _calibration_section(run_dir: Path, summary: dict) -> Section:
     temperature = summary.get("temperature")
-    scores = load_scores(run_dir)
+    scores = operating.load_scores(Path(run_dir))
     rows = []
     for split, name in (("val", "validation"), ("test", "test")):
         if f"{split}_ece" not in summary:
@@ -238,9 +229,11 @@ def _calibration_section(run_dir: Path, summary: dict) -> Section:
         after_nll = metrics.nll(scores[split].labels, scores[split].probs(temperature)) if split in scores else None
         rows.append([name, display.number(summary.get(f"{split}_ece"), 4), display.number(summary.get(f"{split}_ece_calibrated"), 4),
                      display.number(summary.get(f"{split}_loss"), 4), display.number(after_nll, 4)])
+    check = operating.calibration_check(run_dir, temperature)
     return Section("Calibration", [
         f"Temperature scaling divides the logits by one number, {display.number(temperature, 3)}, fitted on validation: "
-        "it changes how confident the probabilities are, never which grade wins. The exported model includes it.",
+        "it changes how confident the probabilities are, never which grade wins. The exported model includes it."
+        + (f" {check['sentence']}" if check else ""),
         Table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows)])
 
 
@@ -338,7 +331,7 @@ def build(run_dir: str | Path, export: dict | None = None) -> Card:
             "Other eye disease (glaucoma, macular degeneration, occlusions) or diabetic macular oedema: it knows only "
             "the five DR grades and will give such a photo one of them.",
             "Deciding whether a photo is gradable: it does not judge image quality."]]),
-        _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, verdict),
+        _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, comparison.intervals(run)),
         _operating_section(point), _calibration_section(run.path, summary), _trust_section(verdict, summary),
         _limitations(config, summary, verdict)]
     if export:

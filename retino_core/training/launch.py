@@ -25,7 +25,6 @@ worker, and the next worker adopts them (their slots stay busy until they end).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -34,10 +33,9 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import runs
 
@@ -76,18 +74,7 @@ def _base(runs_dir: Path | None) -> Path:
     return base
 
 
-@contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_locked = runs.locked
 
 
 def _identity(config: dict) -> dict:
@@ -156,7 +143,12 @@ def ensure_worker(runs_dir: Path | None = None) -> bool:
 def queue(runs_dir: Path | None = None, all_runs: list[runs.RunInfo] | None = None) -> list[runs.RunInfo]:
     """The queued runs in the order they start: first come (last queued), first served."""
     listed = runs.list_runs(runs_dir) if all_runs is None else all_runs
-    return sorted((r for r in listed if r.state == "queued"), key=lambda r: (r.queued_at, r.run_id))
+    return sorted((r for r in listed if r.state == "queued"), key=queued_at)
+
+
+def queued_at(run: runs.RunInfo) -> tuple[float, str, str]:
+    """A run's place in the queue: when it was last queued (0 for runs queued before that was kept)."""
+    return float(run.status.get("queued_ts") or 0.0), run.created, run.run_id
 
 
 def next_queued(runs_dir: Path) -> runs.RunInfo | None:
@@ -166,7 +158,7 @@ def next_queued(runs_dir: Path) -> runs.RunInfo | None:
 
 def _queued_ts(base: Path, first: bool) -> float:
     """Now (the back of the queue), or just before every waiting run (``first``: next to start)."""
-    return min([r.queued_at for r in queue(base)] + [time.time()]) - 1.0 if first else time.time()
+    return min([queued_at(r)[0] for r in queue(base)] + [time.time()]) - 1.0 if first else time.time()
 
 
 @dataclass(frozen=True)
@@ -324,7 +316,7 @@ def _launch(run: runs.RunInfo, slots: list[Slot]) -> _Job:
     slot = Slot.merge(slots)
     launch = uuid.uuid4().hex[:12]
     cmd = trainer_cmd(run.path, bool(run.status.get("resume")), processes_of(run.config))
-    with open(run.path / "train.log", "ab") as log:
+    with open(log_path(run.path), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=runs.PROJECT_ROOT, env=slot.env(launch))
     runs.write_status(run.path, "running", pid=proc.pid, launcher_pid=proc.pid, launch=launch,
@@ -357,7 +349,7 @@ def _finish(job: _Job) -> None:
         code = job.proc.returncode
         state = "interrupted" if code in (-signal.SIGKILL, -signal.SIGTERM) else "failed"
         why = f"trainer exited with code {code}"
-    runs.write_status(job.run_dir, state, pid=None, error=f"{why}; see train.log: {_tail(job.run_dir / 'train.log')}")
+    runs.write_status(job.run_dir, state, pid=None, error=f"{why}; see train.log: {_tail(log_path(job.run_dir))}")
 
 
 def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | None = None,
@@ -406,6 +398,11 @@ def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | Non
                 if not jobs and run is None and not poll:
                     return started
             time.sleep(POLL_S if jobs else 1.0)
+
+
+def log_path(run_dir: Path) -> Path:
+    """The trainer's output (stdout and stderr), written to the run folder when the queue starts it."""
+    return Path(run_dir) / "train.log"
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -213,7 +213,8 @@ def finalize(cfg: TrainConfig, run_dir: Path, source: DataSource, loaders: dict,
         probs = softmax(lg)
         summary.update(classification_metrics(y, probs, prefix=f"{split}_"))
         if split == "test":  # how far each headline number can move on another draw of test images
-            summary.update(stats.confidence_intervals(y, probs, prefix="test_", seed=cfg.seed))
+            summary.update(stats.confidence_intervals(y, probs, prefix="test_", seed=cfg.seed, points={
+                m: summary.get(f"test_{m}") for m in stats.CI_METRICS}))
         summary[f"{split}_loss"] = nll(y, probs)
         summary[f"{split}_ece"] = expected_calibration_error(y, probs)
         summary[f"{split}_ece_calibrated"] = expected_calibration_error(y, softmax(lg, temperature))

@@ -344,7 +344,9 @@ def test_model_card_of_a_run_without_logits(runs_dir: Path) -> None:
 
     run_dir = write_run(runs_dir, skill=0, logits=False)  # an older predictions.csv: probabilities, no logits
     md = modelcard.to_markdown(modelcard.build(run_dir))
-    assert "No threshold: the run has no validation logits" in md
+    # Log-probabilities stand in for the logits: every temperature scales both to the same probabilities.
+    point = modelcard.referable_point(run_dir, 1.3)
+    assert point is not None and f"≥ **{point['threshold']:.3f}**" in md
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
 
 

@@ -27,15 +27,84 @@ def predictions_with_accuracy(rng: np.random.Generator, n: int, accuracy: float)
     return y, probs
 
 
-def test_the_95_percent_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+# RetinaMNIST's test grades: 174 / 46 / 92 / 68 / 20 of 400.
+SHARES = np.array([174, 46, 92, 68, 20]) / 400
+
+
+def draw_test_set(rng: np.random.Generator, n: int, constant_share: float, skill: float):
+    """A test set drawn afresh from the population: grades with RetinaMNIST's shares; a model that
+    answers No DR for ``constant_share`` of the photos and is otherwise right with chance ``skill``."""
+    y = rng.choice(5, n, p=SHARES)
+    answer = np.where(rng.random(n) < skill, y, rng.integers(0, 5, n))
+    pred = np.where(rng.random(n) < constant_share, 0, answer)
+    return y, pred
+
+
+def true_accuracy(constant_share: float, skill: float) -> float:
+    right_when_guessing = skill + (1 - skill) * 0.2
+    return constant_share * SHARES[0] + (1 - constant_share) * right_when_guessing
+
+
+@pytest.mark.parametrize("constant_share, skill", [(0.97, 0.0), (0.0, 0.6), (0.5, 0.8)])
+def test_accuracy_intervals_cover_the_truth_95_percent_of_the_time(constant_share, skill):
+    """Coverage over 1,000 fresh test sets of 400 photos, a near-constant model included: the
+    interval of one run's accuracy (the one confidence_intervals stores) lands at 95 % +- 3."""
     rng = np.random.default_rng(0)
-    truth, repeats = 0.7, 200
+    truth = true_accuracy(constant_share, skill)
     covered = 0
-    for k in range(repeats):
-        y, probs = predictions_with_accuracy(rng, 300, truth)
-        lo, hi = stats.confidence_intervals(y, probs, n_boot=500, seed=k)["test_acc_ci"]
+    for _ in range(1000):
+        y, pred = draw_test_set(rng, 400, constant_share, skill)
+        lo, hi = stats.wilson_interval(int(np.sum(pred == y)), len(y))
         covered += lo <= truth <= hi
-    assert 0.90 <= covered / repeats <= 0.99, covered
+    assert 0.92 <= covered / 1000 <= 0.98, covered
+    probs = np.eye(5)[pred] * 0.8 + 0.04
+    assert stats.confidence_intervals(y, probs, n_boot=50)["test_acc_ci"] == [lo, hi]
+
+
+def test_paired_accuracy_differences_cover_the_truth_95_percent_of_the_time():
+    """A near-constant run against a real one, 400 fresh test sets of 400 photos, through
+    paired_comparison: the interval of the accuracy difference lands at 95 % +- 3."""
+    rng = np.random.default_rng(1)
+    truth = true_accuracy(0.97, 0.0) - true_accuracy(0.0, 0.6)
+    covered = 0
+    for _ in range(400):
+        y = rng.choice(5, 400, p=SHARES)
+        pred_a = np.where(rng.random(400) < 0.97, 0, rng.integers(0, 5, 400))
+        pred_b = np.where(rng.random(400) < 0.6, y, rng.integers(0, 5, 400))
+        found = stats.paired_comparison(y, np.eye(5)[pred_a], np.eye(5)[pred_b], n_boot=50, which=("acc",))
+        lo, hi = found["metrics"]["acc"]["ci"]
+        covered += lo <= truth <= hi
+    assert 0.92 <= covered / 400 <= 0.98, covered
+
+
+def test_a_constant_model_on_400_images_gets_an_accuracy_interval_of_real_width():
+    """Always No DR on RetinaMNIST's 400 test photos: 43.5 %, and an interval as wide as the
+    binomial's, not 43.5 % to 43.5 % (what a bootstrap stratified by grade gave)."""
+    y = np.repeat(np.arange(5), [174, 46, 92, 68, 20])
+    probs = np.tile(np.float32([0.6, 0.1, 0.1, 0.1, 0.1]), (400, 1))
+    ci = stats.confidence_intervals(y, probs)
+    lo, hi = ci["test_acc_ci"]
+    assert lo < 0.435 < hi and hi - lo > 0.09, (lo, hi)
+    assert ci["test_ci_method"] == stats.CI_METHOD
+    assert stats.bootstrap_counts(y, 200, stratify=False)[:, y == 0].sum(1).std() > 5  # grade counts vary
+    # Every stored point lies inside its interval, to the last bit (float32 gave 0.4350000023841858).
+    point = stats.resampled_metrics(y, probs, stats.Resamples.whole(400))
+    assert point["acc"][0] == 0.435
+    for m in ("qwk", "auc", "referable_auc"):
+        if ci[f"test_{m}_ci"] is not None:
+            assert ci[f"test_{m}_ci"][0] <= point[m][0] <= ci[f"test_{m}_ci"][1]
+    # Two runs that agree on every photo: a difference interval of about +-1 point, not +0.0 to +0.0.
+    same = stats.paired_comparison(y, probs, probs, n_boot=100)["metrics"]["acc"]["ci"]
+    assert same[0] < -0.009 and same[1] > 0.009
+
+
+def test_stored_points_always_lie_inside_their_intervals():
+    rng = np.random.default_rng(7)
+    y, probs = predictions_with_accuracy(rng, 120, 0.5)
+    stored = {"auc": 0.123, "qwk": 0.999}  # as if another library had rounded them differently
+    ci = stats.confidence_intervals(y, probs, n_boot=100, points=stored)
+    assert ci["test_auc_ci"][0] <= 0.123 and ci["test_qwk_ci"][1] >= 0.999
+    assert stats.hold([0.4350000023841858, 0.4350000023841858], 0.435) == [0.435, 0.4350000023841858]
 
 
 def test_intervals_bracket_the_point_estimate_and_shrink_with_more_images():
@@ -52,11 +121,14 @@ def test_intervals_bracket_the_point_estimate_and_shrink_with_more_images():
     assert ci_large["test_ci_resamples"] == stats.N_BOOT >= 1000
 
 
-def test_the_bootstrap_keeps_every_grades_count_and_is_seeded():
+def test_the_stratified_bootstrap_keeps_every_grades_count_and_both_are_seeded():
     y = np.array([0] * 50 + [1] * 7 + [4] * 3)
-    w = stats.bootstrap_counts(y, 100, seed=3)
+    w = stats.bootstrap_counts(y, 100, seed=3, stratify=True)
     assert (w.sum(1) == 60).all() and (w[:, y == 4].sum(1) == 3).all()
-    assert np.array_equal(w, stats.bootstrap_counts(y, 100, seed=3))
+    assert np.array_equal(w, stats.bootstrap_counts(y, 100, seed=3, stratify=True))
+    plain = stats.bootstrap_counts(y, 100, seed=3)
+    assert (plain.sum(1) == 60).all() and len(set(plain[:, y == 4].sum(1))) > 1  # over images: counts vary
+    assert np.array_equal(plain, stats.bootstrap_counts(y, 100, seed=3))
 
 
 def test_weighted_auc_equals_sklearn_on_repeated_images_with_ties():
@@ -89,10 +161,12 @@ def test_paired_bootstrap_of_a_run_against_itself_and_a_clearly_better_one():
     rng = np.random.default_rng(4)
     y, probs = predictions_with_accuracy(rng, 400, 0.5)
     same = stats.paired_comparison(y, probs, probs)
-    assert same["metrics"]["acc"]["diff"] == 0 and same["metrics"]["acc"]["ci"] == [0.0, 0.0]
+    assert same["metrics"]["acc"]["diff"] == 0 and same["metrics"]["acc"]["ci"] == pytest.approx([-0.0095, 0.0095],
+                                                                                                  abs=1e-4)
     assert same["mcnemar"]["p"] == 1.0
-    assert "equally accurate" in stats.verdict_sentence("A", "B", same) and "not a real difference" in \
-        stats.verdict_sentence("A", "B", same)
+    assert stats.verdict_sentence("A", "B", same) == (
+        "A and B are equally accurate: they get exactly the same of the 400 test images right (95 % CI -1.0 to "
+        "+1.0: on other photos like these they could still differ that much).")
     better = probs.copy()
     wrong = np.flatnonzero(probs.argmax(1) != y)[:60]  # B gets 60 more images right
     better[wrong] = 0.1
@@ -103,7 +177,10 @@ def test_paired_bootstrap_of_a_run_against_itself_and_a_clearly_better_one():
     assert found["mcnemar"] == {"only_a_right": 0, "only_b_right": 60, "p": pytest.approx(2 * 0.5 ** 60)}
     sentence = stats.verdict_sentence("ResNet18", "ResNet50", found)
     assert sentence.startswith("ResNet50 is more accurate than ResNet18 by 15.0 points, 95 % CI +")
-    assert ": a real difference on this test set" in sentence
+    assert ": a real difference on this test set (McNemar p < 0.001)" in sentence
+    # No resample crosses zero: the bootstrap p-value is its bound, never 0.
+    acc = found["metrics"]["acc"]
+    assert acc["p_bootstrap"] == 2 / 1000 and acc["p_bootstrap_bound"] == "<" and acc["p_bootstrap_resamples"] == 1000
 
 
 def test_runs_on_different_test_sets_are_refused(runs_dir: Path, tiny_npz: Path, capsys):
@@ -124,6 +201,9 @@ def test_compare_command_on_two_runs_of_one_test_set(runs_dir: Path, capsys):
     assert main(["compare", a.name, b.name, "--json", "--resamples", "300"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["resamples"] == 300 and found["metrics"]["acc"]["diff"] > 0 and found["mcnemar"]["p"] < 0.05
+    assert found["recipe_differences"] == [] and found["name_a"] == "ResNet18-scratch"
+    for m in found["metrics"].values():  # never a p of 0: the bound, with the resamples it rests on
+        assert m["p_bootstrap"] > 0 and m["p_bootstrap_resamples"] == 300 and m["p_bootstrap_bound"] in ("<", "=")
 
 
 def test_config_diff_lists_what_differs_first():
@@ -181,7 +261,7 @@ def test_four_configurations_with_seeds_and_their_spread_in_the_2x2_table(runs_d
                             skill=1.5)
         runs.write_json(run_dir / "config.json", {**cfg.to_dict(), "created": runs.now_iso()})
     all_runs = runs.list_runs(runs_dir)
-    frame = lab.comparison_frame(lab.pick_four(all_runs, done_only=True), all_runs)
+    frame = lab.comparison_frame(lab.champion_four(all_runs, "retinamnist"), all_runs)
     assert list(frame["seeds"]) == [2, 2, 2, 2]
     assert all("; 2 seeds: " in cell and " ± " in cell for cell in frame["test_acc_verdict"])
     assert all("; 2 seeds: " in cell for cell in frame["test_qwk_ci_shown"])
@@ -204,3 +284,58 @@ def test_mcnemar_p_is_scipys_exact_binomial_test():
 
     for k, n in ((0, 1), (3, 10), (5, 10), (0, 30), (12, 40), (200, 450), (7, 7), (40, 2000)):
         assert stats._sign_test_p(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-12, abs=1e-300)
+
+
+def test_recipe_differences_are_named_in_compare_and_its_sentence(runs_dir: Path, capsys):
+    """ResNet18 with 6 full epochs against ResNet50 with 2 epochs of 5 steps: the gap is not the architecture's."""
+    a = write_run(runs_dir, "resnet18", skill=2.0, seed=1, epochs=6)
+    b = write_run(runs_dir, "resnet50", skill=1.0, seed=2, epochs=2)
+    config = json.loads((b / "config.json").read_text())
+    runs.write_json(b / "config.json", {**config, "max_steps_per_epoch": 5, "lr": 0.001})
+    assert main(["compare", a.name, b.name, "--json", "--resamples", "200"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["recipe_differences"] == [{"setting": "epochs", "a": 6, "b": 2},
+                                           {"setting": "max_steps_per_epoch", "a": 0, "b": 5},
+                                           {"setting": "lr", "a": 0.002, "b": 0.001}]
+    assert ("ResNet18-scratch (6 epochs, lr 0.002) vs ResNet50-scratch (2 epochs of 5 steps, lr 0.001): the gap may "
+            "come from the recipe, not the architecture.") in found["sentence"]
+    assert main(["compare", a.name, b.name, "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe differs: max_steps_per_epoch" in out and "not the architecture" in out
+    # The report's table lists every setting that differs, steps per epoch included.
+    chosen = {"resnet18 / scratch": runs.load_run(a), "resnet50 / scratch": runs.load_run(b)}
+    table = lab.recipe_table(chosen)
+    assert list(table.index) == ["epochs", "max_steps_per_epoch", "lr"] and lab.differing(table) == list(table.index)
+    pairs = comparison.all_pairs(chosen, n_boot=200)
+    assert comparison.pairs_frame(pairs)["recipe differs in"][0] == "epochs, max_steps_per_epoch, lr"
+
+
+def test_two_runs_of_one_configuration_are_named_by_run(runs_dir: Path):
+    a = write_run(runs_dir, "resnet18", skill=2.0, seed=1, name="long")
+    b = write_run(runs_dir, "resnet18", skill=0.5, seed=2, name="smoke")
+    ra, rb = runs.load_run(a), runs.load_run(b)
+    assert comparison.names(ra, rb) == ("long", "smoke")
+    found = comparison.compare_runs(ra, rb, n_boot=200)
+    assert found["sentence"].startswith("long is more accurate than smoke by ")
+    assert "ResNet18-scratch is more accurate than ResNet18-scratch" not in found["sentence"]
+    runs.write_json(b / "config.json", {**rb.config, "name": "long"})  # the same name: the run ids
+    assert comparison.names(ra, runs.load_run(b)) == (a.name, b.name)
+    runs.write_json(b / "config.json", {**rb.config, "name": "long", "seed": 1})
+    note = comparison.recipe_note(ra, runs.load_run(b))
+    assert note == f"{a.name} (seed 0) vs {b.name} (seed 1): otherwise the same recipe; part of any gap may be the seed's doing."
+
+
+def test_intervals_stored_by_an_older_method_are_computed_again(runs_dir: Path):
+    """A run trained before stores [0.435, 0.435] from the stratified bootstrap: read again, Wilson's."""
+    run_dir = write_run(runs_dir, skill=0.0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = {k: v for k, v in summary.items() if k != "test_ci_method"}  # written before methods were named
+    runs.write_json(run_dir / "summary.json", {**summary, "test_acc_ci": [0.4350000023841858, 0.4350000023841858],
+                                               "test_qwk_ci": [0.0, 0.0], "test_ci_resamples": 1000})
+    found = comparison.intervals(runs.load_run(run_dir))
+    assert found["test_ci_method"] == stats.CI_METHOD
+    assert found["test_acc_ci"][1] - found["test_acc_ci"][0] > 0.05
+    (run_dir / "predictions.csv").unlink()  # without predictions: the stored ones, marked, and Wilson's accuracy
+    found = comparison.intervals(runs.load_run(run_dir))
+    assert found["test_ci_method"] == comparison.OLDER_METHOD and found["test_qwk_ci"] == [0.0, 0.0]
+    assert found["test_acc_ci"][1] - found["test_acc_ci"][0] > 0.05

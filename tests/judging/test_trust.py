@@ -95,7 +95,8 @@ def test_accuracy_below_the_baseline_with_real_agreement_is_weak_not_guessing():
 @pytest.mark.parametrize("auc, qwk, verdict, words", [
     (0.52, 0.6, trust.GUESSING, "at chance level"),
     (0.65, 0.6, trust.WEAK, "ranks the grades poorly"),
-    (0.8, 0.3, trust.WEAK, "at best fair agreement"),
+    (0.8, 0.3, trust.WEAK, "0.30 (under 0.40): fair agreement with the graders"),
+    (0.8, 0.0, trust.WEAK, "no agreement beyond chance"),
     (0.8, None, trust.WEAK, "undefined"),
 ])
 def test_auc_and_qwk_rules(auc, qwk, verdict, words):
@@ -121,14 +122,51 @@ def test_a_tiny_test_set_is_a_reason():
 def test_old_summaries_get_a_verdict_and_stored_ones_are_used():
     s = summary_of(GOOD)
     assert trust.of_summary(s)["verdict"] == "usable"
-    s["trust"] = {"verdict": trust.WEAK, "reasons": ["stored"]}
+    s["trust"] = {"verdict": trust.WEAK, "reasons": ["stored"], "rules": trust.RULES}
     assert trust.of_summary(s)["reasons"] == ["stored"]
+    # A verdict stored by older rules is judged again: the run's numbers, today's rules.
+    s["trust"] = {"verdict": trust.USABLE, "reasons": []}
+    never = np.asarray(GOOD)
+    never[1] = [36, 0, 10, 0, 0]
+    s["test_confusion"] = never.tolist()
+    assert trust.of_summary(s)["verdict"] == trust.WEAK and trust.of_summary(s)["rules"] == trust.RULES
     assert trust.of_summary({}) is None and trust.assess({"test_acc": 0.5}) is None
     assert trust.lines(None) == ["verdict: not judged (no test results)"]
-    assert trust.lines(s["trust"])[-1].startswith("verdict: weak")
+    assert trust.lines(trust.of_summary(s))[-1].startswith("verdict: weak")
 
 
 def test_wilson_interval_brackets_the_proportion():
     lo, hi = trust.wilson_interval(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert trust.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_a_grade_never_recognised_makes_a_run_at_most_weak():
+    """Usable by every other rule, but no Mild photo (46 of them) is ever called Mild."""
+    m = np.asarray(GOOD)
+    m[1] = [30, 0, 12, 4, 0]
+    found = trust.assess(summary_of(m.tolist()))
+    assert found["verdict"] == trust.WEAK
+    assert "It never recognises Mild (46 test photos): its recall there is 0." in found["reasons"]
+    assert found["checks"]["never_recognised"] == [{"grade": 1, "images": 46}]
+    # Fewer than 10 photos of a grade are too few for the rule.
+    small = np.asarray(GOOD)
+    small[4] = [5, 0, 2, 2, 0]
+    assert trust.assess(summary_of(small.tolist()))["verdict"] == trust.USABLE
+
+
+@pytest.mark.parametrize("auc, shown", [(0.6999, "0.6999 (under 0.70)"), (0.65, "0.65 (under 0.70)"),
+                                        (0.69951, "0.6995 (under 0.70)")])
+def test_a_number_is_printed_on_its_side_of_the_threshold(auc, shown):
+    reasons = trust.assess(summary_of(GOOD, auc=auc))["reasons"]
+    assert any(f"Its macro AUC is {shown}" in r for r in reasons), reasons
+    assert trust.shown_against(0.70, 0.70) == "0.70" and trust.shown_against(0.4001, 0.40) == "0.4001"
+    assert trust.shown_against(0.5501, 0.55) == "0.5501" and trust.shown_against(0.3, 0.4) == "0.30"
+
+
+@pytest.mark.parametrize("kappa, words", [(-0.1, "no agreement beyond chance"), (0.0, "no agreement beyond chance"),
+                                          (0.1, "slight agreement"), (0.2, "fair agreement"), (0.39, "fair agreement"),
+                                          (0.5, "moderate agreement"), (0.7, "substantial agreement"),
+                                          (0.85, "almost perfect agreement"), (None, "no agreement beyond chance")])
+def test_kappa_is_worded_by_landis_and_kochs_bands(kappa, words):
+    assert trust.kappa_words(kappa) == words

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixtures import APP, open_page, texts, write_four, write_run
 from retino_core import runs
+from retino_core.report import lab
 from retino_core.training import launch
 
 
@@ -155,10 +156,16 @@ def test_links_choose_the_runs_on_live_and_compare(runs_dir: Path) -> None:
     other = [r.run_id for r in every if r.configuration == "resnet18 / pretrained" and r.run_id != older_r18.name][0]
     live = open_link("live", runs=f"{older_r18.name},{other}")
     assert live.multiselect[0].value == [older_r18.name, other]
-    compare = open_link("compare", runs=other)
-    assert compare.selectbox(key="compare-resnet18 / pretrained").value == other
-    compare.selectbox(key="compare-resnet18 / pretrained").set_value(older_r18.name).run()
-    assert older_r18.name in str(compare.query_params["runs"])
+    champion = lab.champion_four(every, "retinamnist")["resnet18 / pretrained"].run.run_id
+    other = older_r18.name if champion == other else other
+    compare = open_link("compare", runs=other)  # not the champion: the link wins
+    picker = "compare-stand-in-resnet18 / pretrained"
+    assert compare.selectbox(key=picker).value == other
+    assert other in str(compare.query_params["runs"])
+    compare.selectbox(key=picker).set_value(champion).run()  # a pick: the link follows
+    assert champion in str(compare.query_params["runs"]) and other not in str(compare.query_params["runs"])
+    compare.run()
+    assert compare.selectbox(key=picker).value == champion  # the link the page wrote is not followed again
 
 
 def test_live_starts_on_what_trains_and_each_configuration_s_best_never_a_cancelled_run(runs_dir: Path) -> None:

@@ -132,10 +132,11 @@ def test_the_queue_is_served_in_order_on_its_slots() -> None:
     assert wide.finishes["big"] == 70.0 and wide.finishes["b"] == 75.0  # first come, first served
 
 
-def test_the_log_tail_keeps_a_progress_bar_s_last_state(tmp_path: Path) -> None:
-    (tmp_path / "train.log").write_bytes(b"start\n\rep 1: 10%\rep 1: 50%\rep 1: 100%\n\x1b[Kdone\n")
-    assert runs.log_tail(tmp_path) == "start\nep 1: 100%\ndone"
-    assert runs.log_tail(tmp_path / "missing") == ""
+def test_the_log_tail_keeps_a_progress_bar_s_last_state(runs_dir: Path) -> None:
+    run = runs.load_run(write_run(runs_dir, state="failed"))
+    assert display.log_tail(run) == ""  # trained outside the queue: no train.log
+    launch.log_path(run.path).write_bytes(b"start\n\rep 1: 10%\rep 1: 50%\rep 1: 100%\n\x1b[Kdone\n")
+    assert display.log_tail(run) == "start\nep 1: 100%\ndone"
 
 
 def test_a_calibration_stands_in_until_a_run_has_trained_here(runs_dir: Path, capsys) -> None:
