@@ -99,7 +99,7 @@ def load_script(folder: Path):
 def export_for_bench(predictor: Predictor, folder: Path) -> None:
     graph = export.grader_graph(predictor)
     export.write_onnx(graph, predictor.image_size, folder / export.FORMATS["onnx"])
-    pre = export.preprocessing_json(predictor, {}, predictor.run_id, "onnx", graph.outputs, None)
+    pre = export.preprocessing_json(predictor, {}, predictor.run_id, "onnx", graph.outputs)
     (folder / export.PREPROCESSING).write_text(json.dumps(pre))
 
 
@@ -124,9 +124,12 @@ def measure(arch: str, size: int, items: list, args) -> dict:
 
         img = load_image(items[0][0])
 
-        def one_onnx() -> None:  # what grade_files does for one decoded photo
+        point = script.OperatingPoint.from_dict(pre["referable"])
+
+        def one_onnx() -> None:  # what grade_files does for one decoded photo: run, check, decide
             out = dict(zip(pre["outputs"], session.run(None, {export.INPUT: standalone.prepare(img, size)[None]})))
-            script.check(img, float(out["ood_score"][0]), pre)
+            check = script.check_photo(img, float(out["ood_score"][0]), pre["ood"]["threshold"])
+            script.decide(out["probabilities"][0], check, point, True)
 
         cpu: dict[str, list[float]] = {"eager": [], "onnxruntime": []}
 

@@ -1,4 +1,4 @@
-"""``validate --deep`` speed: decode, pixel hash and difference hash of every photo, then again from the cache.
+"""``validate --deep`` speed: decode, pixel hash and near-copy code of every photo, then again from the cache.
 
     python bench/validate_bench.py                    # 3,000 generated 512 px JPEGs, 2 workers
     python bench/validate_bench.py --images 35000     # the lab's full size (about 3 GB of disk)
@@ -6,7 +6,7 @@
 Writes a lab folder of distinct fundus-like 512x512 JPEGs (quality 90, about 30 KB each, like
 the lab's photos) to a temporary folder, runs ``python -m retino_core validate --deep`` on it
 in-process twice (cold: no cache; warm: every hash from the cache), and times the near-duplicate
-search alone on 35,000 random hashes (it grows with the square of the count). Prints images/s,
+search alone on 35,000 random codes (it grows with the square of the count). Prints images/s,
 the times extrapolated to 35,000 photos and the load average; ``--out`` writes them as JSON.
 """
 
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from retino_core.cli import main as cli  # noqa: E402
-from retino_core.data.duplicates import near_pairs  # noqa: E402
+from retino_core.data import nearcopy  # noqa: E402
 
 LAB_SIZE = 35_000
 
@@ -72,9 +72,10 @@ def run(n: int, size: int, workers: int) -> dict:
         mb = sum(p.stat().st_size for p in (folder / "data").iterdir()) / 2**20
         cold, report, code = timed_validate(folder, workers)
         warm, again, _ = timed_validate(folder, workers)
-    hashes = [os.urandom(32).hex() for _ in range(LAB_SIZE)]
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(1, 256, nearcopy.GRID ** 2, dtype=np.uint8).tobytes().hex() for _ in range(LAB_SIZE)]
     start = time.perf_counter()
-    near_pairs(hashes)
+    nearcopy.near_pairs(codes)
     search = time.perf_counter() - start
     return {"images": n, "size_px": size, "workers": workers, "jpeg_mb": round(mb, 1), "exit_code": code,
             "cold_s": round(cold, 2), "cold_images_per_s": round(n / cold, 1),

@@ -1,12 +1,14 @@
 """Classify: grade uploaded fundus photographs with one or several trained runs, side by side,
-with their ensemble and Grad-CAM; a grade is shown only where it can be trusted."""
+with their ensemble and Grad-CAM. Each photo gets one answer (judging.decision.decide): graded,
+not graded (with the reasons) or no usable model; only a graded photo shows a grade."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from retino_core import runs
-from retino_core.judging import operating, trust
+from retino_core.judging import external, operating, trust
+from retino_core.judging.decision import NO_USABLE_MODEL, NOT_GRADED, combine, decide
 from retino_core.config import GRADE_NAMES
 from retino_core.data.images import SAMPLE_IMAGE, load_image
 from retino_core.errors import ImageError
@@ -68,34 +70,32 @@ st.caption(f"Standing for each configuration on {display.data_label(data)}: " + 
 calibration = {i: calibration_of(str(by_id[i].path), by_id[i].summary.get("temperature")) for i in chosen}
 uploads = st.file_uploader("Fundus photographs (JPEG, PNG, TIFF, WebP, BMP or GIF)", type=UPLOAD_TYPES,
                            accept_multiple_files=True)
-c = st.columns(4)
+c = st.columns(3)
 use_sample = c[0].checkbox("Bundled sample photo", value=False, help="a CC0 fundus photograph shipped with retino")
-calibrated = c[1].toggle("Calibrated probabilities", key="calibrated",
-                         value=bool(chosen) and all(x and x["helps"] for x in calibration.values()),
-                         help="logits divided by the temperature fitted on the validation split; on at first "
-                              "only when that improved every chosen model's test probabilities")
-tta = c[2].toggle("Test-time augmentation", value=bool(chosen) and all(by_id[i].config.get("tta") for i in chosen),
+tta = c[1].toggle("Test-time augmentation", value=bool(chosen) and all(by_id[i].config.get("tta") for i in chosen),
                   key="tta", help="average the model over flipped copies; on at first when every chosen run "
                   "was evaluated that way")
-show_cam = c[3].toggle("Grad-CAM", value=True, key="grad_cam", help="where the model looked for its answer")
+show_cam = c[2].toggle("Grad-CAM", value=True, key="grad_cam", help="where the model looked for its answer")
 c = st.columns(2)
-include_all = c[0].toggle("Ensemble includes models that are not usable", value=False, key="include_all",
-                          help="off: a model whose verdict is weak or no better than guessing is shown greyed "
-                               "and left out of the ensemble")
+include_all = c[0].toggle("Show what models that are not usable would say", value=False, key="include_all",
+                          help="a model whose verdict is weak or no better than guessing never grades and never "
+                               "enters the ensemble; on: its answers are shown open, greyed, as what it would say")
 opacity = c[1].slider("Grad-CAM opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity", disabled=not show_cam)
 for run_id, note in calibration.items():
     if note:
         st.caption(f"{'' if note['helps'] else ':material/info: '}Calibration of {by_id[run_id].configuration} · "
                    f"{display.short_label(by_id[run_id])}: {note['sentence']}"
-                   + ("" if note["helps"] else " Calibrated probabilities are off at first."))
+                   + ("" if note["helps"] else " Every door grades this model with its own, uncalibrated "
+                                               "probabilities (Evaluation shows both)."))
 
-images, names = [], []
+images, names, unreadable = [], [], 0
 for upload in uploads or []:
     try:
         images.append(load_image(upload.getvalue(), upload.name))
         names.append(upload.name)
     except ImageError as err:
         st.error(f"Skipped: {err}")
+        unreadable += 1
 if use_sample:
     images.append(load_image(SAMPLE_IMAGE))
     names.append("sample fundus photo (CC0)")
@@ -117,8 +117,8 @@ if not predictors:
     st.stop()
 
 labels = {i: f"{by_id[i].configuration} · {display.short_label(by_id[i])}" for i in predictors}
-members = [i for i in predictors if usable[i] or include_all]
-if not any(usable[i] for i in predictors):
+members = [i for i in predictors if usable[i]]  # the ensemble votes only with usable models
+if not members:
     st.error("**None of the chosen models is usable.** What they say below is not a grade: "
              + " ".join(f"{labels[i]} is {trust.label(verdicts[i])}." for i in predictors)
              + " Train a model that beats the majority baseline (the Results page says why these do not).",
@@ -126,104 +126,143 @@ if not any(usable[i] for i in predictors):
 elif len(members) < len(predictors):
     st.warning("Left out of the ensemble and shown greyed: "
                + "; ".join(f"{labels[i]} ({trust.label(verdicts[i])})" for i in predictors if i not in members) + ".")
+for i in predictors:
+    if predictors[i].ood_stats is None:
+        st.caption(f":material/info: {labels[i]}: not checked against its training photos (its checkpoint predates "
+                   "the feature statistics); only the field of view and the retinal detail are checked.")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def operating_point(run_ids: tuple[str, ...], stamp: tuple):  # noqa: ARG001 - stamp keys the cache
+    """The referral threshold of one run or of the average of several (operating.of_runs)."""
+    from retino_core.judging import operating
+
+    return operating.of_runs([by_id[i].path for i in run_ids])
+
+
+def point_of(run_ids: list[str]):
+    stamp = tuple((runs.checkpoint_path(by_id[i].path).stat().st_mtime) for i in run_ids)
+    return operating_point(tuple(run_ids), stamp)
+
 
 with st.spinner("Grading…"):
-    results = {i: p.run(images, tta=tta, calibrated=calibrated) for i, p in predictors.items()}
+    results = {i: p.run(images, tta=tta) for i, p in predictors.items()}
 probs = {i: r[0] for i, r in results.items()}
 checks = {i: r[1] for i, r in results.items()}
-answering = members or list(predictors)  # with no usable model, the others are shown, greyed
-stack = np.stack([probs[i] for i in answering])  # (models, images, grades)
+voters = members or list(predictors)  # with no usable model: what the others would say, never a grade
+stack = np.stack([probs[i] for i in voters])  # (models, images, grades)
 ensemble, low, high = stack.mean(0), stack.min(0), stack.max(0)
-first = next(iter(predictors))
+point = point_of(voters)
+answers = [decide(ensemble[k], combine([checks[i][k] for i in voters]), point, bool(members))
+           for k in range(len(images))]
+points = {i: point_of([i]) for i in predictors}
+own = {i: [decide(probs[i][k], checks[i][k], points[i], usable[i]) for k in range(len(images))]
+       for i in predictors}  # each model alone, with its own threshold
 
 
-judges = [i for i in predictors if usable[i]] or list(predictors)  # whose feature check counts
-
-
-def out_of_distribution(k: int) -> list[str]:
-    """Why image k is not like the training photos (empty when it is)."""
-    reasons = []
-    for i in judges:
-        reasons += [w for w in checks[i][k].warnings if w.startswith("This does not look") and w not in reasons]
-    return reasons
-
-
-def other_warnings(k: int) -> list[str]:
-    return [w for w in checks[first][k].warnings if not w.startswith("This does not look")]
+def yes_no(refer: bool) -> str:
+    return "yes" if refer else "no"
 
 
 def cam(run_id: str, k: int, grade: int) -> None:
+    """Grad-CAM of ``grade`` for one model, or a sentence when the map is flat."""
     from retino_core.judging.photo import field_of_view_mask
 
     shown = figures.display_image(images[k].copy(), OVERLAY_SIDE)  # small ones up, large ones down
     shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
-    heat = predictors[run_id].grad_cam(shown, target=grade)
-    st.plotly_chart(figures.cam_figure(shown, heat, field_of_view_mask(shown), opacity),
-                    width="stretch", key=f"cam-{run_id}-{k}", config={"displayModeBar": False})
+    heat, mask = predictors[run_id].grad_cam(shown, target=grade), field_of_view_mask(shown)
     layer, _, grid = predictors[run_id].cam_layer()
-    st.caption(f"Grad-CAM for {GRADE_NAMES[grade]} ({layer}, {grid[0]}×{grid[1]} cells; "
-               "outside the field of view left uncoloured)")
+    if not figures.cam_stands_out(heat, mask):
+        st.caption(f"Grad-CAM for {grade} · {GRADE_NAMES[grade]}: {figures.FLAT_CAM} (the map is nearly flat, so it "
+                   "shows nothing about where the model looked).")
+        return
+    st.plotly_chart(figures.cam_figure(shown, heat, mask, opacity), width="stretch", key=f"cam-{run_id}-{k}",
+                    config={"displayModeBar": False})
+    st.caption(f"Grad-CAM for {grade} · {GRADE_NAMES[grade]}: where this model found evidence for that grade "
+               f"({layer}, {grid[0]}×{grid[1]} cells; outside the field of view left uncoloured)")
+
+
+measured = {i: external.measured_where(by_id[i].path, by_id[i].summary) for i in predictors}
 
 
 def model_card(run_id: str, k: int) -> None:
-    """One model's answer for image k; greyed with its verdict when it is not usable."""
-    g = int(probs[run_id][k].argmax())
-    verdict = verdicts[run_id]
+    """One model's own answer for image k; greyed, as what it would say, unless it grades."""
+    d = own[run_id][k]
     with st.container(border=True):
-        if usable[run_id]:
-            st.markdown(f"**{labels[run_id]}** · {display.verdict_badge(verdict)}  \ngrade **{g} · {GRADE_NAMES[g]}** "
-                        f"({display.percent(float(probs[run_id][k, g]))})")
+        head = f"**{labels[run_id]}** · {display.verdict_badge(verdicts[run_id])}"
+        if d.graded:
+            st.markdown(f"{head}  \ngrade **{d.grade} · {d.grade_name}** · refer {yes_no(d.refer)} "
+                        f"(P(grade ≥ 2) {display.percent(d.referable_probability)})")
         else:
-            st.markdown(f":gray[**{labels[run_id]}**] · {display.verdict_badge(verdict)}  \n"
-                        f":gray[would say {g} · {GRADE_NAMES[g]} ({display.percent(float(probs[run_id][k, g]))})]")
-            st.caption(trust.warning(verdict))
+            st.markdown(f":gray[{head}]  \n:gray[would say {d.would_say_grade} · {d.would_say_grade_name}, refer "
+                        f"{yes_no(d.would_say_refer)}: not a grade]")
+            if not usable[run_id]:
+                st.caption(trust.warning(verdicts[run_id]))
         if len(predictors) > 1 or not members:  # a single usable model's bars are the answer's, above
             st.plotly_chart(figures.probability_figure({labels[run_id]: probs[run_id][k]}, height=220,
-                                                   colours=None if usable[run_id] else ["#b0b0b0"]),
+                                                       colours=None if usable[run_id] else ["#b0b0b0"]),
                             width="stretch", key=f"p-{run_id}-{k}")
-        st.caption(predictors[run_id].domain())
+        st.caption(f"{predictors[run_id].domain()}; {measured[run_id]}.")
         if show_cam:
-            cam(run_id, k, g)
+            cam(run_id, k, d.would_say_grade)
+
+
+def cards(run_ids: list[str], k: int) -> None:
+    for column, run_id in zip(st.columns(len(run_ids)), run_ids):
+        with column:
+            model_card(run_id, k)
+
+
+def answer(k: int) -> None:
+    """The one answer for image k: a grade and referral when graded, the reasons when not."""
+    d = answers[k]
+    single = len(voters) == 1
+    title = labels[voters[0]] if single else f"Ensemble of {len(voters)} models"
+    if d.status == NOT_GRADED:
+        st.warning("**Not graded.** " + " ".join(d.reasons), icon=":material/help:")
+        return
+    if d.status == NO_USABLE_MODEL:
+        st.markdown(f":gray[Not a grade: no chosen model is usable. They would say {d.would_say_grade} · "
+                    f"{d.would_say_grade_name}.]")
+        return
+    st.metric(f"{title}: predicted grade", f"{d.grade} · {d.grade_name}")
+    st.markdown(f"Refer: **{yes_no(d.refer)}** · P(referable DR, grade ≥ 2) = {display.percent(d.referable_probability)} "
+                f"against the threshold {d.threshold:.2f}" + (" chosen on validation" if point.reliable else ""))
+    if not point.reliable:
+        st.caption(f":material/warning: {point.sentence()}")
+    for line in list(d.warnings) + [predictors[voters[0]].thumbnail_note(images[k].size) or ""]:
+        if line:
+            st.caption(f":material/info: {line}")
+    if not single:
+        votes = [own[i][k].grade for i in members]
+        spread = display.percent(float((high[k] - low[k]).max()))
+        if len(set(votes)) == 1:
+            st.success(f"The models agree. Largest spread of a probability between them: {spread}.")
+        else:
+            st.warning("The models disagree: " + "; ".join(f"{labels[i]} says {GRADE_NAMES[v]}" for i, v in
+                                                           zip(members, votes))
+                       + f". Largest spread of a probability between them: {spread}.")
+    if not single:
+        st.caption("bars show the lowest to highest probability among the models")
+    st.plotly_chart(figures.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
+                                               None if single else (low[k], high[k])), width="stretch", key=f"ens-{k}")
 
 
 def detail(k: int) -> None:
-    """One image: the (ensemble) answer where it can be trusted, then every model's."""
-    grade = int(ensemble[k].argmax())
-    single = len(answering) == 1
-    photo, answer = st.columns([1, 2])
+    """One image: its answer, then each model's own; what is not a grade folded away."""
+    photo, right = st.columns([1, 2])
     photo.image(figures.display_image(images[k], OVERLAY_SIDE), caption=names[k], width=OVERLAY_SIDE)
-    foreign = out_of_distribution(k)
-    with answer:
-        title = labels[answering[0]] if single else f"Ensemble of {len(answering)} models"
-        if foreign:
-            st.warning("**" + foreign[0].split(":")[0] + ".** Not graded: "
-                       + " ".join(r.split(": ", 1)[1] for r in foreign), icon=":material/help:")
-        elif not members:
-            st.markdown(f":gray[Not a grade: models that are not usable would say {grade} · {GRADE_NAMES[grade]}.]")
-        else:
-            st.metric(f"{title}: predicted grade", f"{grade} · {GRADE_NAMES[grade]}")
-            st.caption(f"P(referable DR, grade ≥ 2) = {display.percent(float(ensemble[k, 2:].sum()))}"
-                       + (" · bars show the lowest to highest probability among the models" if not single else ""))
-        for line in other_warnings(k):
-            st.caption(f":material/info: {line}")
-        if not single and members and not foreign:
-            votes = [int(probs[i][k].argmax()) for i in answering]
-            spread = display.percent(float((high[k] - low[k]).max()))
-            if len(set(votes)) == 1:
-                st.success(f"The models agree. Largest spread of a probability between them: {spread}.")
-            else:
-                st.warning("The models disagree: " + "; ".join(
-                    f"{labels[i]} says {GRADE_NAMES[v]}" for i, v in zip(answering, votes))
-                    + f". Largest spread of a probability between them: {spread}.")
-        if members and not foreign:
-            st.plotly_chart(figures.probability_figure({"ensemble" if not single else "probability": ensemble[k]},
-                                                   None if single else (low[k], high[k])),
-                            width="stretch", key=f"ens-{k}")
-    with st.expander("What the models would say anyway (not a grade)", expanded=False) if (foreign or not members) \
-            else st.container():
-        for column, run_id in zip(st.columns(len(predictors)), predictors):
-            with column:
-                model_card(run_id, k)
+    with right:
+        answer(k)
+    others = [i for i in predictors if i not in members]
+    if answers[k].graded:
+        cards(members, k)
+    elif members:
+        with st.expander("What the models would say (not a grade)", expanded=include_all):
+            cards(members, k)
+    if others:
+        with st.expander("What the models that are not usable would say (not a grade)", expanded=include_all):
+            cards(others, k)
 
 
 if len(images) == 1:
@@ -231,25 +270,37 @@ if len(images) == 1:
     st.stop()
 
 
-def status(k: int) -> str:
-    if out_of_distribution(k):
-        return "not graded: unlike the training photos"
-    return "graded" if members else "not graded: no usable model"
+def table_of_answers() -> pd.DataFrame:
+    """One row per photo: the answer's keys (as predict's CSV), the spread, each model's own grade."""
+    rows = []
+    for k, d in enumerate(answers):
+        row = {"image": names[k], **d.to_dict(), "max_spread": float((high[k] - low[k]).max())}
+        row.update(reasons=" ".join(d.reasons), warnings=" ".join(d.warnings))
+        row.update({f"grade · {labels[i]}": own[i][k].grade for i in members})
+        if include_all:
+            row.update({f"would say · {labels[i]}": own[i][k].would_say_grade for i in predictors if i not in members})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in [c for c in table.columns if c == "grade" or c.startswith("grade · ")]:
+        table[column] = table[column].astype("Int64")  # empty where not graded, never 2.0
+    return table
 
 
-table = pd.DataFrame({"image": names, "status": [status(k) for k in range(len(images))],
-                      "grade": ensemble.argmax(1), "grade_name": [GRADE_NAMES[g] for g in ensemble.argmax(1)],
-                      "p_referable": ensemble[:, 2:].sum(1), "max_spread": (high - low).max(1),
-                      "in_distribution": [not out_of_distribution(k) for k in range(len(images))],
-                      "warnings": [" ".join(out_of_distribution(k) + other_warnings(k)) for k in range(len(images))]})
-for g, name in enumerate(GRADE_NAMES):
-    table[f"p_{g}_{name.replace(' ', '_').lower()}"] = ensemble[:, g]
-for run_id in predictors:
-    table[f"grade · {labels[run_id]}"] = probs[run_id].argmax(1)
-st.subheader(f"{len(images)} photographs" + (f" (ensemble of {len(answering)} models)" if len(answering) > 1 else ""))
+from retino_core.grading.batch import UNREADABLE, Tally  # noqa: E402 - torch, loaded by the models above anyway
+
+table = table_of_answers()
+tally = Tally(predictors[voters[0]].image_size)
+for k, d in enumerate(answers):
+    tally.add(d.to_dict(), images[k].size)
+for _ in range(unreadable):
+    tally.add({"status": UNREADABLE})
+st.subheader(f"{len(images)} photographs" + (f" (ensemble of {len(voters)} models)" if len(voters) > 1 else ""))
+st.caption(". ".join(tally.lines()[:1]) + ". " + ("" if point.reliable else point.sentence() + " ")
+           + " ".join(tally.lines()[1:]))
 st.dataframe(table, hide_index=True, width="stretch", column_config={
-    c: st.column_config.NumberColumn(format="percent") for c in table.columns if c.startswith("p_") or c == "max_spread"})
+    c: st.column_config.NumberColumn(format="percent") for c in table.columns
+    if c.startswith("p_") or c in ("max_spread", "referable_probability")})
 st.download_button("Download the table (CSV)", table.to_csv(index=False), file_name="retino_grades.csv",
                    mime="text/csv", icon=":material/download:")
-k = st.selectbox("Look at one photograph", range(len(images)), format_func=lambda i: f"{names[i]} · {status(i)}")
+k = st.selectbox("Look at one photograph", range(len(images)), format_func=lambda i: f"{names[i]} · {answers[i].status}")
 detail(k)

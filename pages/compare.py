@@ -5,7 +5,7 @@ import streamlit as st
 
 from retino_core.judging import comparison
 from retino_core import runs
-from retino_core.judging import trust
+from retino_core.judging import external, trust
 
 from pages import share_ids, stand_in_picker, stand_ins, stand_ins_from_link, through_the_app, warn_unknown
 from retino_core.report import lab
@@ -105,6 +105,9 @@ if not not_usable.empty:
         f"{r['configuration']} is {r['verdict']}" for _, r in not_usable.iterrows()) + ". Reasons below.")
 for line in lab.findings(frame, lab.differing(recipe)):
     st.markdown(f"- {line}")
+for name, run in chosen.items():
+    for result in external.elsewhere(run.path) if run else []:
+        st.markdown(f"- :material/public: **{name}**, external: {external.sentence(result)}.")
 if len(recipe.columns) > 1:
     with st.expander(f"Settings that differ between the runs compared ({len(lab.differing(recipe))})"):
         st.dataframe(recipe, width="stretch")

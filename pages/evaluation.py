@@ -85,20 +85,28 @@ c[4].metric("referable-DR AUC", display.number(s.get("test_referable_auc")), hel
 calibration = operating.calibration_check(run.path, temperature) or {"helps": temperature != 1.0, "sentence": ""}
 
 st.subheader("Referable DR operating point")
-calibrated = st.toggle("Calibrated probabilities", value=calibration["helps"], key=f"eval_calibrated_{run.run_id}",
+as_graded = operating.grades_calibrated(run.path)
+calibrated = st.toggle("Calibrated probabilities", value=as_graded, key=f"eval_calibrated_{run.run_id}",
                        help=f"temperature {temperature:.2f}, fitted on validation; on at first only when it "
-                            "improved the test probabilities")
-if not calibration["helps"] and temperature != 1.0:
+                            "improved the test probabilities, as every door grades")
+if not as_graded and temperature != 1.0:
     st.caption(":material/info: Off at first: temperature scaling did not improve this run's test probabilities "
-               "(see Calibration below).")
+               "(see Calibration below), so Classify, `predict` and the exported grader use the uncalibrated ones.")
 t = temperature if calibrated else 1.0
 test_probs = test.probs(t)
 left, right = st.columns([1, 2])
+point = operating.of_run(run.path, calibrated)  # as graded: the threshold Classify, predict and the export apply
+kind = "calibrated" if as_graded else "uncalibrated"
+(st.caption if point.reliable else st.warning)(point.sentence() + (
+    " Classify, `predict` and the exported grader refer at this threshold." if calibrated == as_graded else
+    f" (Chosen on {'calibrated' if calibrated else 'uncalibrated'} probabilities: Classify, `predict` and the "
+    f"exported grader use the {kind} ones.)"))
 target = left.number_input("Target sensitivity (chosen on validation)", 0.5, 1.0, operating.TARGET_SENSITIVITY, 0.01)
 suggested = operating.threshold_for_sensitivity(val.labels, val.probs(t), target) if val else 0.5
 if st.session_state.get("eval_for") != (run.run_id, calibrated, target):
-    # A new run, calibration or target starts from the threshold chosen on validation.
-    st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(suggested, 3))
+    # A new run or calibration starts from the threshold in force; a new target from validation's for it.
+    start = point.threshold if target == operating.TARGET_SENSITIVITY else suggested
+    st.session_state.update(eval_for=(run.run_id, calibrated, target), eval_threshold=round(start, 3))
 left.button("Back to the validation threshold", on_click=st.session_state.update,
             kwargs={"eval_threshold": round(suggested, 3)},
             help=f"{suggested:.3f} reaches {target:.0%} sensitivity on validation")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from retino_core import runs
 from retino_core.training import launch
-from retino_core.judging import champions, trust
+from retino_core.judging import champions, external, trust
 from retino_core.config import GRADE_NAMES
 from retino_core.errors import DataError, ImageError
 from retino_core.data.sources import source_of
@@ -62,6 +62,21 @@ def pin_button(run: runs.RunInfo) -> None:
             st.error(str(err))
         else:
             st.rerun()
+
+
+def elsewhere_panel(run) -> None:
+    """Evaluations of this run on other photos (``evaluate``), beside its own test results."""
+    found = external.read_all(run.path)
+    st.caption(external.measured_where(run.path, run.summary).capitalize() + ".")
+    for result in found:
+        kind = "success" if trust.is_usable_verdict(result.get("verdict")) else "warning"
+        with st.expander(f"External: {external.sentence(result)}", icon=":material/public:",
+                         expanded=kind == "warning"):
+            getattr(st, kind)(f"**{result['name']}** ({result.get('evaluated_at', '?')[:16]}): "
+                              f"{external.sentence(result)}.")
+            for line in result.get("warnings", []):
+                st.caption(f":material/info: {line}")
+            st.markdown("\n".join(f"- {line.lstrip('- ')}" for line in external.detail_lines(result)))
 
 
 st.title("Results")
@@ -175,6 +190,7 @@ stands_line(run, all_runs, "results_run")
 pin_button(run)
 if verdict and verdict.get("split") != split:
     st.caption(f"The verdict rests on the {verdict.get('split')} split; the numbers above are {split}.")
+elsewhere_panel(run)
 detector = run.summary.get("ood")
 if detector:
     st.caption(f"Out-of-distribution check: {display.percent(detector.get('test_flagged_share'))} of the test photos look "

@@ -1,4 +1,4 @@
-"""The command line: ``python -m retino_core {train,sweep,predict,export,runs,compare,note,validate,worker,bench}``.
+"""The command line: ``python -m retino_core {train,sweep,predict,evaluate,export,runs,compare,note,validate,worker,bench}``.
 
 One module per group of commands; each adds its parsers (``add_parsers``) and its ``cmd_*``
 functions, which ``main`` calls through the parser's ``func`` default.

@@ -18,6 +18,9 @@ def add_parsers(sub) -> None:
                         "across splits; minutes for 35k photos, seconds again from the cache)")
     p.add_argument("--allow-duplicates", action="store_true",
                    help="with --deep: identical images in two splits are a warning, not an error")
+    p.add_argument("--allow-label-conflicts", action="store_true",
+                   help="with --deep: the same or a near-identical photo under different grades is a warning, "
+                        "not an error (when several graders' readings are listed on purpose)")
     p.add_argument("--patient-column", help="the labels CSV's column holding the patient id")
     p.add_argument("--patient-regex",
                    help="a regular expression over the image name; its first group (or the match) is the patient id")
@@ -38,9 +41,16 @@ def cmd_validate(args) -> int:
     from ..data.problems import Report
 
     def check(src, report) -> None:  # the image files too, even when the CSVs have errors
-        check_source_images(src, report, deep=args.deep, allow_duplicates=args.allow_duplicates,
-                            workers=args.workers, use_cache=not args.no_cache,
-                            progress=not (args.quiet or args.json) and sys.stderr.isatty())
+        try:
+            check_source_images(src, report, deep=args.deep, allow_duplicates=args.allow_duplicates,
+                                allow_conflicts=args.allow_label_conflicts, workers=args.workers,
+                                use_cache=not args.no_cache,
+                                progress=not (args.quiet or args.json) and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            if not args.deep or args.no_cache:
+                raise
+            raise KeyboardInterrupt("the hashes made so far are kept in the cache; run the same command "
+                                    "again to go on from there") from None
 
     try:
         source = open_source(args.data, args.val_fraction, args.seed, patient_column=args.patient_column,

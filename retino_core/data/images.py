@@ -67,7 +67,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # a decoded RGB photo needs no copy
 
 
 def load_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:

@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from .duplicates import cache_file, dhash, hash_files, pixel_hash, report_duplicates
+from . import nearcopy
+from .duplicates import Photo, cache_file, hash_files, pixel_hash, report_duplicates
 from .problems import Report, first
 
 MIN_PER_GRADE = 5
@@ -40,8 +41,10 @@ def label_warnings(report: Report, counts: dict[str, list[int]], grade_names: Se
 
 
 def check_source_images(source, report: Report, deep: bool = False, allow_duplicates: bool = False,
-                        workers: int | None = None, progress: bool = False, use_cache: bool = True) -> None:
-    """Check every image of every split into ``report``: headers, or (``deep``) full decodes and duplicates."""
+                        workers: int | None = None, progress: bool = False, use_cache: bool = True,
+                        allow_conflicts: bool = False) -> None:
+    """Check every image of every split into ``report``: headers, or (``deep``) full decodes,
+    duplicates and label conflicts."""
     from ..errors import ImageError
     from .images import check_image
 
@@ -52,7 +55,7 @@ def check_source_images(source, report: Report, deep: bool = False, allow_duplic
     if in_memory:
         fps = [("", "", "")] * len(entries)
         if deep:
-            fps = [(pixel_hash(split.images[i]), dhash(split.image(i)), "") for _, i, split in entries]
+            fps = [(pixel_hash(split.images[i]), nearcopy.near_code(split.image(i)), "") for _, i, split in entries]
     elif deep:
         cache = cache_file(Path(source.root)) if use_cache and source.root else None
         fps, reused = hash_files(paths, cache, workers, progress)
@@ -74,6 +77,7 @@ def check_source_images(source, report: Report, deep: bool = False, allow_duplic
                    f"{len(errs):,} of {total:,} images in the {name} split cannot be used: {first(errs)}", errs)
     info = {"checked": "decoded" if deep else "header", "images": len(entries), "from_cache": reused}
     if deep:
-        items = [(name, split.names[i], fp[0], fp[1]) for (name, i, split), fp in zip(entries, fps) if not fp[2]]
-        info["duplicates"] = report_duplicates(report, items, allow_duplicates)
+        items = [Photo(name, split.names[i], int(split.labels[i]), fp[0], fp[1])
+                 for (name, i, split), fp in zip(entries, fps) if not fp[2]]
+        info["duplicates"] = report_duplicates(report, items, allow_duplicates, allow_conflicts)
     report.info["images"] = info

@@ -6,6 +6,8 @@ Every problem of every file is collected into one Report; no torch import.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import warnings
@@ -62,27 +64,44 @@ def load_retinamnist(path: str | os.PathLike | None = None) -> DataSource:
     return DataSource(name="RetinaMNIST", kind="retinamnist", splits=splits, root=path)
 
 
-def _read_lines(path: Path, report: Report) -> list[str]:
-    """Every line of a headerless CSV as a row (blank ones kept, so row numbers stay true);
-    problems go into ``report``. Tolerant of BOM, CRLF and trailing blank lines."""
+def _read_text(path: Path, report: Report) -> str | None:
+    """A CSV file's text (BOM dropped), or None with the reason in ``report``."""
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
         report.add("unreadable CSV files", path.name, f"cannot read {path}: {err.strerror or err}")
-        return []
+        return None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         report.add("unreadable CSV files", path.name,
                    f"{path} is not UTF-8 text (byte {err.start}): is it really a CSV?")
+        return None
+
+
+def _editor_lines(text: str) -> list[str]:
+    """The lines an editor shows: split at LF, CRLF or CR only (line endings kept), so that line
+    numbers in messages are the ones the user sees."""
+    return io.StringIO(text, newline="").readlines()
+
+
+def _report_blank(report: Report, where: str, blank: Sequence[int], severity: str, why: str) -> None:
+    if blank:
+        report.add("blank lines", where, f"{where}: blank line(s) at {_first(blank)} inside the file; {why}",
+                   [f"line {i}" for i in blank], severity)
+
+
+def _read_lines(path: Path, report: Report) -> list[str]:
+    """Every line of a headerless CSV as a row (blank ones kept, so row i is line i + 1);
+    problems go into ``report``. Tolerant of BOM, CRLF and trailing blank lines."""
+    text = _read_text(path, report)
+    if text is None:
         return []
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in _editor_lines(text)]
     while lines and not lines[-1]:
         lines.pop()
-    blank = [i + 1 for i, line in enumerate(lines) if not line]
-    if blank:
-        report.add("blank lines", path.name, f"{path.name}: blank line(s) at {_first(blank)} inside the file; "
-                   "each line must hold one value", [f"line {i}" for i in blank])
+    _report_blank(report, path.name, [i + 1 for i, line in enumerate(lines) if not line], "error",
+                  "each line must hold one value")
     multi = [i + 1 for i, line in enumerate(lines) if "," in line]
     if multi:
         report.add("lines with more than one value", path.name,
@@ -94,6 +113,43 @@ def _read_lines(path: Path, report: Report) -> list[str]:
     return lines
 
 
+def read_table(path: Path, report: Report) -> tuple[list[str], list[list[str]], list[int]]:
+    """A CSV with a header: (header, rows, the editor line each row starts on).
+
+    Blank lines (and rows of empty values, as spreadsheets save them) are left out and reported
+    as a warning with their line numbers, unless they trail the last row; a row with more values
+    than the header is an error. Raises DataError when the file cannot be parsed at all.
+    """
+    text = _read_text(path, report)
+    if text is None:
+        return [], [], []
+    reader = csv.reader(_editor_lines(text))
+    rows: list[tuple[int, list[str]]] = []
+    blank: list[int] = []
+    end = 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if any(v.strip() for v in row):
+                rows.append((start, row))
+            else:
+                blank.append(start)
+    except csv.Error as err:
+        raise DataError(f"cannot read {path} as a CSV: line {reader.line_num}: {err}") from None
+    if not rows:
+        report.add("empty files", path.name, f"{path.name} holds no header and no rows")
+        return [], [], []
+    (_, header), body = rows[0], rows[1:]
+    last = body[-1][0] if body else rows[0][0]
+    _report_blank(report, path.name, [i for i in blank if i < last], "warning", "skipped")
+    long = [line for line, row in body if len(row) > len(header)]
+    if long:
+        report.add("rows with more values than the header", path.name,
+                   f"{path.name}: line(s) {_first(long)} hold more values than the {len(header)} columns of the "
+                   "header (a comma inside a name needs quotes)", [f"line {i}" for i in long])
+    return header, [row + [""] * (len(header) - len(row)) for _, row in body], [line for line, _ in body]
+
+
 def read_column(path: Path) -> list[str]:
     """One value per line, every line a row (no header), tolerant of BOM, CRLF, trailing blanks."""
     report = Report()
@@ -103,8 +159,11 @@ def read_column(path: Path) -> list[str]:
     return lines
 
 
-def _grades(values: Sequence[object], where: str, report: Report, skip_blank: bool = False) -> np.ndarray:
-    """Grades as int64 0..4, -1 where bad (``skip_blank``: blank rows are another check's problem)."""
+def _grades(values: Sequence[object], where: str, report: Report, skip_blank: bool = False,
+            lines: Sequence[int] | None = None) -> np.ndarray:
+    """Grades as int64 0..4, -1 where bad (``skip_blank``: blank rows are another check's problem).
+
+    ``lines``: the file line of each value (default: value i on line i + 1, a headerless file)."""
     out = np.full(len(values), -1, dtype=np.int64)
     bad: list[str] = []
     for i, v in enumerate(values):
@@ -113,7 +172,7 @@ def _grades(values: Sequence[object], where: str, report: Report, skip_blank: bo
         if re.fullmatch(r"[+-]?[0-9]{1,9}", s) and 0 <= int(s) < NUM_CLASSES:
             out[i] = int(s)
         elif s or not skip_blank:
-            bad.append(f"row {i + 1}: {s[:20]!r}")
+            bad.append(f"line {lines[i] if lines is not None else i + 1}: {s[:20]!r}")
     if bad:
         report.add("labels that are not grades", where, f"{where}: {len(bad)} label(s) are not grades "
                    f"0-{NUM_CLASSES - 1} (integers): {_first(bad)}", bad)
@@ -121,7 +180,7 @@ def _grades(values: Sequence[object], where: str, report: Report, skip_blank: bo
 
 
 def parse_grades(values: Sequence[object], where: str) -> np.ndarray:
-    """Grades as int64 0..4; every bad value is reported with its row number."""
+    """Grades as int64 0..4; every bad value is reported with its line number (value i: line i + 1)."""
     report = Report()
     out = _grades(values, where, report)
     if report.errors:
@@ -135,13 +194,13 @@ def _check_grades(labels: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: grades outside 0-4 at rows {_first((bad + 1).tolist())}")
 
 
-def _check_unique(names: Sequence[str], where: str, report: Report) -> None:
-    seen: set[str] = set()
-    dups = []
-    for n in names:
-        if n and n in seen:
-            dups.append(n)
-        seen.add(n)
+def _check_unique(names: Sequence[str], where: str, report: Report, lines: Sequence[int] | None = None) -> None:
+    """Names listed more than once, each with the lines it is on."""
+    on: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        if n:
+            on.setdefault(n, []).append(lines[i] if lines is not None else i + 1)
+    dups = [f"{n} (lines {', '.join(map(str, at))})" for n, at in on.items() if len(at) > 1]
     if dups:
         report.add("names listed twice", where, f"{where}: {len(dups)} image name(s) listed twice: {_first(dups)}",
                    dups)
@@ -168,9 +227,10 @@ def index_images(root: Path, subdirs: Sequence[str] = IMAGE_SUBDIRS) -> dict[str
 
 
 def _resolve_images(names: Sequence[str], index: dict[str, Path], where: str, root: Path,
-                    report: Report) -> list[Path | None]:
+                    report: Report, lines: Sequence[int] | None = None) -> list[Path | None]:
     paths = [index.get(n) or index.get(os.path.splitext(n)[0]) if n else None for n in names]
-    missing = [n for n, p in zip(names, paths) if p is None and n]
+    missing = [f"{n} (line {lines[i] if lines is not None else i + 1})"
+               for i, (n, p) in enumerate(zip(names, paths)) if p is None and n]
     if missing:
         report.add("missing images", where,
                    f"{len(missing):,} of {len(names):,} images listed in {where} were not found in "
@@ -221,6 +281,7 @@ def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: in
     splits: dict[str, Split] = {}
     all_names: dict[str, list[str]] = {}
     all_paths: dict[str, list[Path | None]] = {}
+    all_labels: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         names = _read_lines(root / f"{split}_img.csv", report)
         raw_labels = _read_lines(root / f"{split}_label.csv", report)
@@ -231,11 +292,11 @@ def load_lab_folder(root: str | os.PathLike, val_fraction: float = 0.1, seed: in
         labels = _grades(raw_labels, f"{split}_label.csv", report, skip_blank=True)
         _check_unique(names, f"{split}_img.csv", report)
         paths = _resolve_images(names, index, f"{split}_img.csv", root, report)
-        all_names[split], all_paths[split] = names, paths
+        all_names[split], all_paths[split], all_labels[split] = names, paths, labels
         if not report.errors:
             splits[split] = Split(labels=labels, names=list(names), paths=paths)
     if report.errors:
-        raise DatasetInvalid(report, found_images(report, "lab", root, all_names, all_paths))
+        raise DatasetInvalid(report, found_images(report, "lab", root, all_names, all_paths, all_labels))
     names = splits["train"].names + splits["test"].names
     ids, rules = assign_patients(names, patient_regex)
     splits["train"].patients, splits["test"].patients = ids[:len(splits["train"])], ids[len(splits["train"]):]
@@ -270,47 +331,57 @@ def _pick_column(columns: Sequence[str], wanted: Sequence[str], what: str, path:
     )
 
 
-def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-             patient_column: str | None = None, patient_regex: str | None = None) -> DataSource:
-    """A labels CSV with a header (image + grade columns, optionally a patient column) and its images."""
-    import pandas as pd
-
-    path = Path(path).expanduser().resolve()
-    try:
-        df = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"cannot read {path} as a CSV: {err}") from None
-    img_col = _pick_column(df.columns, IMAGE_COLUMNS, "image", path)
-    grade_col = _pick_column(df.columns, GRADE_COLUMNS, "grade", path)
+def _csv_columns(path: Path, report: Report, patient_column: str | None):
+    """(names, grade values, patient ids or None, the line of each row, the grade column) of a
+    labels CSV; every problem of its rows into ``report``, each with its line number."""
+    header, rows, lines = read_table(path, report)
+    if not header:
+        raise DatasetInvalid(report)
+    img_col = _pick_column(header, IMAGE_COLUMNS, "image", path)
+    grade_col = _pick_column(header, GRADE_COLUMNS, "grade", path)
     column = None
     if patient_column:
-        col = _pick_column(df.columns, [patient_column], "patient", path)
-        column = df[col].fillna("").tolist()
-    report = Report(source=f"CSV {path.name}")
-    names = [str(n).strip() for n in df[img_col].fillna("").tolist()]
-    blank = [i + 1 for i, n in enumerate(names) if not n]
+        col = header.index(_pick_column(header, [patient_column], "patient", path))
+        column = [row[col].strip() for row in rows]
+    names = [row[header.index(img_col)].strip() for row in rows]
+    blank = [line for line, n in zip(lines, names) if not n]
     if blank:
         report.add("rows without an image name", path.name,
-                   f"{path.name}: row(s) {_first(blank)} have no {img_col}", [f"row {i}" for i in blank])
-    labels = _grades(df[grade_col].fillna("").tolist(), f"{path.name}:{grade_col}", report)
-    _check_unique(names, path.name, report)
+                   f"{path.name}: line(s) {_first(blank)} have no {img_col}", [f"line {i}" for i in blank])
+    grades = [row[header.index(grade_col)] for row in rows]
     if column is not None:
-        empty = [f"row {i + 1}" for i, c in enumerate(column) if not str(c).strip()]
+        empty = [f"line {line}" for line, c in zip(lines, column) if not c]
         if empty:
             report.add("rows without a patient id", path.name,
                        f"{path.name}: {len(empty)} row(s) have no {patient_column}: {_first(empty)}", empty)
+    return names, grades, column, lines, grade_col
+
+
+def load_csv(path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+             patient_column: str | None = None, patient_regex: str | None = None) -> DataSource:
+    """A labels CSV with a header (image + grade columns, optionally a patient column) and its images.
+
+    Every problem names the line an editor shows it on (the header is line 1)."""
+    path = Path(path).expanduser().resolve()
+    report = Report(source=f"CSV {path.name}")
+    names, grades, column, lines, grade_col = _csv_columns(path, report, patient_column)
+    labels = _grades(grades, f"{path.name}:{grade_col}", report, lines=lines)
+    _check_unique(names, path.name, report, lines)
     if image_dir is None:
         candidates = [path.parent / d for d in ("train_images", "train", "images", "data", ".")]
         image_dir = next((c for c in candidates if c.is_dir() and any(
             e.suffix.lower() in IMAGE_SUFFIXES for e in c.iterdir())), path.parent)
     image_dir = Path(image_dir).resolve()
-    paths = _resolve_images(names, index_images(image_dir, (".",)), path.name, image_dir, report)
+    paths = _resolve_images(names, index_images(image_dir, (".",)), path.name, image_dir, report, lines)
     if report.errors:
-        raise DatasetInvalid(report, found_images(report, "csv", path, {"all": names}, {"all": paths}))
+        raise DatasetInvalid(report, found_images(report, "csv", path, {"all": names}, {"all": paths},
+                                                  {"all": labels}))
     patients, rules = assign_patients(names, patient_regex, column)
     report.info["patients"] = patient_summary(names, patients, rules)
     full = Split(labels=labels, names=names, paths=paths, patients=patients)
+    if test_fraction <= 0:  # every photo measured, none trained on (evaluate)
+        return DataSource(name=report.source, kind="csv", root=path, report=report, splits={"test": full})
     rest, test = carve_split(labels, names, test_fraction, seed, patients)
     src = DataSource(name=report.source, kind="csv", root=path, report=report,
                      splits={"train": full.subset(rest), "test": full.subset(test)})

@@ -18,8 +18,10 @@ from .splits import DataSource
 
 
 def open_source(spec: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0, *,
-                patient_column: str | None = None, patient_regex: str | None = None) -> DataSource:
+                patient_column: str | None = None, patient_regex: str | None = None,
+                whole: bool = False) -> DataSource:
     """``retinamnist``, an ``.npz``, a lab folder or a labels ``.csv`` -> validated DataSource.
+    ``whole``: nothing carved out of it (a labels CSV is one "test" split): every photo to measure.
 
     Raises DatasetInvalid (a DataError) listing every problem at once; warnings (patients on two
     sides, rare grades, ...) are in ``source.report``, the patients found in ``report.info``.
@@ -37,10 +39,10 @@ def open_source(spec: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
         if patient_column:
             raise DataError("--patient-column needs a labels .csv with a header; the lab layout's CSVs have "
                             "one column each (use --patient-regex)")
-        src = load_lab_folder(path, val_fraction, seed, patient_regex)
+        src = load_lab_folder(path, 0.0 if whole else val_fraction, seed, patient_regex)
     elif path.suffix.lower() == ".csv" and path.is_file():
-        src = load_csv(path, val_fraction=val_fraction, seed=seed, patient_column=patient_column,
-                       patient_regex=patient_regex)
+        src = load_csv(path, val_fraction=val_fraction, test_fraction=0.0 if whole else 0.2, seed=seed,
+                       patient_column=patient_column, patient_regex=patient_regex)
     else:
         raise DataError(
             f"data {text!r} is neither 'retinamnist', an .npz file, a lab folder "
@@ -61,7 +63,7 @@ def _review(src: DataSource) -> None:
             report.add("patients on two sides of a split", pair,
                        f"{len(ids):,} patient(s) have images in both {pair.replace('/', ' and ')}: {_first(ids)}",
                        ids, "warning")
-        if src.kind == "csv":
+        if src.kind == "csv" and "train" in src.splits:
             kept = "split by image: no patient id recognised" if report.info["patients"]["by_image"] \
                 else "patients kept together"
             src.notes.append(f"test split carved from {src.root.name} ({len(src.splits['test'])} images, {kept})")

@@ -28,13 +28,18 @@ class DatasetInvalid(DataError):
 
 
 def found_images(report: Report, kind: str, root: Path, names: dict[str, list[str]],
-           paths: dict[str, list[Path | None]]) -> "DataSource":
-    """The images that exist, per split, of a dataset that failed (grades unknown: zeros)."""
+                 paths: dict[str, list[Path | None]],
+                 labels: dict[str, np.ndarray] | None = None) -> "DataSource":
+    """The images that exist, per split, of a dataset that failed; their grades where ``labels``
+    gives them row for row, else -1 (unknown: no duplicate check compares it)."""
     splits = {}
     for k in names:
-        pairs = [(n, p) for n, p in zip(names[k], paths[k]) if p is not None]
-        splits[k] = Split(labels=np.zeros(len(pairs), np.int64), names=[n for n, _ in pairs],
-                          paths=[p for _, p in pairs])
+        grades = np.full(len(names[k]), -1, np.int64)
+        if labels is not None and k in labels and len(labels[k]) == len(names[k]):
+            grades = np.asarray(labels[k], np.int64)
+        kept = [i for i, p in enumerate(paths[k]) if p is not None]
+        splits[k] = Split(labels=grades[kept], names=[names[k][i] for i in kept],
+                          paths=[paths[k][i] for i in kept])
     return DataSource(name=report.source, kind=kind, splits=splits, root=root)
 
 

@@ -2,9 +2,12 @@
 model grades the previous batch, one CSV row per file streamed as it is graded.
 
 A file that cannot be read gets a row with an ``error`` and the batch goes on: every file
-named gets exactly one row. The exported ``predict_onnx.py`` carries the source of
-``expand_inputs``, ``result_row`` and ``ResultsCsv`` (so they use only the standard library),
-and both doors write the same CSV.
+named gets exactly one row. A row is a photo's ``Decision`` (judging.decision) with the file and
+model added: ``record`` for JSON, ``csv_row`` for the CSV, the same keys. What holds for the whole
+batch (the model's verdict, an untrusted threshold, photos shrunk to thumbnails) is said once by
+``Tally``, never on every row. The exported ``predict_onnx.py`` carries the source of
+``expand_inputs``, ``record``, ``csv_row``, ``Tally`` and ``ResultsCsv`` (so they use only the
+standard library), and both doors write the same CSV.
 """
 
 from __future__ import annotations
@@ -22,21 +25,23 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import GRADE_NAMES
 from ..data.images import load_image
 from ..errors import ImageError
-from ..judging.metrics import REFERABLE_GRADE
+from ..judging.decision import GRADED, NO_USABLE_MODEL, NOT_GRADED, PROBABILITY_COLUMNS, Decision
+from ..judging.photo import THUMBNAIL_FACTOR
 from .predictor import Prediction, Predictor
 
 GLOB_CHARS = frozenset("*?[")
 
 
-# One column a grade, named after it: p_no_dr, p_mild, p_moderate, p_severe, p_proliferative.
-PROBABILITY_COLUMNS = tuple("p_" + name.lower().replace(" ", "_") for name in GRADE_NAMES)
-
-
-CSV_COLUMNS = ("file", "grade", "grade_name", "referable_probability", "refer", *PROBABILITY_COLUMNS,
+# grade, grade_name and refer are empty unless status is "graded"; would_say_* is what the model
+# says before the photo checks and the verdict, never a grade.
+CSV_COLUMNS = ("file", "status", "grade", "grade_name", "refer", "reasons", "referable_probability", "threshold",
+               "threshold_from", *PROBABILITY_COLUMNS, "would_say_grade", "would_say_grade_name", "would_say_refer",
                "in_distribution", "ood_score", "warnings", "error", "model", "model_verdict")
+
+
+UNREADABLE = "unreadable"  # the status of a file that could not be decoded
 
 
 WARNING_SEPARATOR = " | "
@@ -85,24 +90,55 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     return out
 
 
-def result_row(file: str, probabilities: Sequence[float] | None = None, *, threshold: float | None = None,
-               in_distribution: bool | None = None, ood_score: float | None = None,
-               warnings: Sequence[str] = (), error: str = "", model: str = "", verdict: str = "") -> dict:
-    """One CSV row: the grade, P(referable) and whether it passes ``threshold``, the five
-    probabilities, the image checks; or only ``error`` for a file that could not be graded."""
-    row = dict.fromkeys(CSV_COLUMNS, "")
-    row.update(file=file, error=error, model=model, model_verdict=verdict)
-    if probabilities is not None:
-        probs = [float(p) for p in probabilities]
-        grade = max(range(len(probs)), key=probs.__getitem__)
-        referable = sum(probs[REFERABLE_GRADE:])
-        row.update(grade=grade, grade_name=GRADE_NAMES[grade], referable_probability=round(referable, 6),
-                   refer="" if threshold is None else referable >= threshold,
-                   in_distribution="" if in_distribution is None else bool(in_distribution),
-                   ood_score="" if ood_score is None else round(float(ood_score), 2),
-                   warnings=WARNING_SEPARATOR.join(warnings))
-        row.update({col: round(p, 6) for col, p in zip(PROBABILITY_COLUMNS, probs)})
+def record(file: str, decision: Decision | None = None, *, error: str = "", model: str = "", verdict: str = "") -> dict:
+    """One file's row for JSON: its decision's keys (Decision.to_dict), the file, the model and
+    its verdict; or, for a file that could not be read, status "unreadable" and the error."""
+    row = dict.fromkeys(CSV_COLUMNS)
+    row.update(file=file, status=UNREADABLE, reasons=[], warnings=[])
+    if decision is not None:
+        row.update(decision.to_dict())
+    row.update(error=error or None, model=model, model_verdict=verdict)
     return row
+
+
+def csv_row(row: dict) -> dict:
+    """``record`` as a CSV row: None empty, lists joined by WARNING_SEPARATOR."""
+    return {k: "" if v is None else WARNING_SEPARATOR.join(v) if isinstance(v, list) else v for k, v in row.items()}
+
+
+class Tally:
+    """A batch's counts by outcome and what holds for all of it, said once at the end. Exit
+    status: 1 when any file could not be read, else 0 (a photo not graded is an answer)."""
+
+    def __init__(self, image_size: int, skipped: int = 0):
+        self.image_size = image_size
+        self.counts = dict.fromkeys((GRADED, NOT_GRADED, NO_USABLE_MODEL, UNREADABLE), 0)
+        self.skipped, self.thumbnails = skipped, 0
+
+    def add(self, row: dict, size: tuple[int, int] | None = None) -> None:
+        self.counts[row["status"]] += 1
+        if size is not None and row["status"] == GRADED and min(size) >= THUMBNAIL_FACTOR * self.image_size:
+            self.thumbnails += 1
+
+    def lines(self, out: str = "") -> list[str]:
+        """The summary line, then the batch-wide notes."""
+        c = self.counts
+        parts = [f"{c[GRADED]} graded", f"{c[NOT_GRADED]} not graded (failed a photo check)"]
+        if c[NO_USABLE_MODEL]:
+            parts.append(f"{c[NO_USABLE_MODEL]} not graded (no usable model)")
+        parts.append(f"{c[UNREADABLE]} could not be read")
+        if out:
+            parts.append(f"{self.skipped} already in {out}")
+        lines = [", ".join(parts)]
+        if self.thumbnails:
+            lines.append(f"{self.thumbnails} of the graded photos are at least {THUMBNAIL_FACTOR}× the model's input "
+                         f"on their short side: it sees them as {self.image_size}×{self.image_size} thumbnails, so "
+                         "their finer detail is lost to it.")
+        return lines
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts[UNREADABLE] else 0
 
 
 class ResultsCsv:
@@ -164,22 +200,16 @@ class ResultsCsv:
 
 @dataclass
 class Graded:
-    """One file's outcome: a Prediction (with its image checks) or the error that stopped it."""
+    """One file's outcome: a Prediction (its decision and checks) or the error that stopped it."""
 
     file: str
     prediction: Prediction | None = None
     error: str = ""
 
-    def row(self, threshold: float | None = None, model: str = "", verdict: str = "") -> dict:
-        """Its CSV row (result_row)."""
+    def record(self, model: str = "", verdict: str = "") -> dict:
+        """Its row (``record``)."""
         pred = self.prediction
-        if pred is None:
-            return result_row(self.file, error=self.error, model=model, verdict=verdict)
-        check = pred.check
-        return result_row(self.file, pred.probabilities, threshold=threshold,
-                          in_distribution=None if check is None else check.in_distribution,
-                          ood_score=None if check is None else check.ood_score,
-                          warnings=() if check is None else check.warnings, model=model, verdict=verdict)
+        return record(self.file, None if pred is None else pred.decision, error=self.error, model=model, verdict=verdict)
 
 
 def _decode(item: tuple[str, str]):
@@ -243,14 +273,14 @@ def grade(predictor: Predictor, items: Sequence[tuple[str, str]], tta: bool | No
     try:
         for batch in loader:
             ok = [(path, Image.fromarray(pixels.numpy())) for path, pixels, _ in batch if pixels is not None]
-            graded = dict(_predict(predictor, ok, tta))
+            graded = dict(predict_batch(predictor, ok, tta))
             for path, _, error in batch:
                 yield graded.get(path) or Graded(path, error=error)
     finally:
         torch.set_num_threads(threads)
 
 
-def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple[str, Graded]]:
+def predict_batch(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple[str, Graded]]:
     """Grade a batch at once; should that fail, each photo alone, so only the one at fault gets the error."""
     if not ok:
         return
@@ -268,25 +298,22 @@ def _predict(predictor: Predictor, ok: list, tta: bool | None) -> Iterator[tuple
             yield path, Graded(path, error=f"{path}: could not be graded ({type(err).__name__}: {err})")
 
 
-def grade_to_csv(predictor: Predictor, items: Sequence[tuple[str, str]], out: ResultsCsv,
-                 threshold: float | None = None, verdict: str = "", tta: bool | None = None,
-                 batch_size: int | None = None, workers: int | None = None, progress: bool = True) -> dict:
+def grade_to_csv(predictor: Predictor, items: Sequence[tuple[str, str]], out: ResultsCsv, verdict: str = "",
+                 tta: bool | None = None, batch_size: int | None = None, workers: int | None = None,
+                 progress: bool = True) -> Tally:
     """Grade the ``items`` that ``out`` has no row for, a row each, written a batch at a time
-    under a progress bar; returns the counts (graded, failed, out_of_distribution, skipped)."""
+    under a progress bar; returns the Tally of what was done."""
     todo = [item for item in items if not out.is_done(item[0])]
-    counts = {"graded": 0, "failed": 0, "out_of_distribution": 0, "skipped": len(items) - len(todo)}
+    tally = Tally(predictor.image_size, skipped=len(items) - len(todo))
     rows: list[dict] = []
     with tqdm(total=len(todo), unit="photo", disable=not progress, dynamic_ncols=True) as bar:
         for done in grade(predictor, todo, tta, batch_size, workers):
-            rows.append(done.row(threshold, predictor.run_id, verdict))
-            if done.prediction is None:
-                counts["failed"] += 1
-            else:
-                counts["graded"] += 1
-                counts["out_of_distribution"] += rows[-1]["in_distribution"] is False
+            row = done.record(predictor.run_id, verdict)
+            tally.add(row, None if done.prediction is None else done.prediction.check.size)
+            rows.append(csv_row(row))
             if len(rows) >= (batch_size or BATCH_SIZE):
                 out.write(rows)
                 rows = []
             bar.update()
         out.write(rows)
-    return counts
+    return tally

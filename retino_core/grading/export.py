@@ -3,10 +3,12 @@
 ``export_run`` writes, into one folder: the model (ONNX or TorchScript) whose input is a batch
 of 8-bit RGB photos at the training size and whose outputs are the run's own calibrated
 probabilities (normalisation, flip averaging and the temperature inside the graph), the
-probability of referable DR and the out-of-distribution score; ``preprocessing.json`` (size,
-resize rule, crop, mean / std, grade names, the referable threshold chosen on validation, the
-trust verdict); the model card; and, for ONNX, ``predict_onnx.py``, a grader that needs only
-onnxruntime, numpy and Pillow. Before it returns, the export is checked against the app's own
+probability of referable DR, the referral-first answer at the run's threshold (``would_say_*``)
+and the out-of-distribution score; ``preprocessing.json`` (size, resize rule, crop, mean / std,
+grade names, the run's operating point and whether validation supports it, the rule that turns
+outputs into an answer, the trust verdict); the model card; and, for ONNX, ``predict_onnx.py``,
+a grader that needs only onnxruntime, numpy and Pillow and answers through the package's own
+``decide``. Before it returns, the export is checked against the app's own
 Predictor on the run's test images.
 """
 
@@ -29,6 +31,7 @@ from ..data.sources import source_of
 from ..data.transforms import tta_views
 from ..errors import DataError, ExportError, ImageError
 from ..judging import trust
+from ..judging.decision import DEFAULT_THRESHOLD, GRADED, NO_USABLE_MODEL, NOT_GRADED, OperatingPoint, referral_first
 from ..judging.metrics import REFERABLE_GRADE
 from ..models.builders import build_model
 from ..report import modelcard
@@ -57,13 +60,29 @@ SCRIPT = "predict_onnx.py"
 
 
 
+class ReferralFirst(nn.Module):
+    """judging.decision.referral_first in torch, inside the exported graph: (probabilities (N, 5),
+    threshold) -> P(grade >= 2) (N,), refer (N,) bool, and the most probable grade on that side
+    (N,) int64. The property test holds it equal to decision.referral_first through onnxruntime."""
+
+    def forward(self, probs: torch.Tensor, threshold: torch.Tensor):
+        referable = probs[:, REFERABLE_GRADE:].sum(1)
+        refer = referable >= threshold
+        grade = torch.where(refer, probs[:, REFERABLE_GRADE:].argmax(1) + REFERABLE_GRADE,
+                            probs[:, :REFERABLE_GRADE].argmax(1))
+        return referable, refer, grade
+
+
 class GraderGraph(nn.Module):
     """uint8 (N, H, W, 3) RGB photos at the training size -> calibrated probabilities (N, 5),
-    P(grade >= 2) (N,) and, with the run's feature statistics, the Mahalanobis score (N,):
-    what Predictor computes, with its normalisation, flip averaging and temperature inside."""
+    P(grade >= 2) (N,), what the model would say at the run's referral threshold (refer, and the
+    grade on that side: ReferralFirst) and, with the run's feature statistics, the Mahalanobis
+    score (N,): what Predictor computes, with its normalisation, flip averaging and temperature
+    inside. ``would_say_*`` become a grade only for a photo that passes the checks of a usable
+    model (decision.decide, which predict_onnx.py runs)."""
 
     def __init__(self, model: nn.Module, preprocessing: dict, temperature: float, tta: bool,
-                 ood_stats: dict | None = None):
+                 ood_stats: dict | None = None, threshold: float = DEFAULT_THRESHOLD):
         super().__init__()
         self.fc = model.fc
         model.fc = nn.Identity()  # the rest of the network gives the penultimate features
@@ -72,7 +91,9 @@ class GraderGraph(nn.Module):
         self.register_buffer("std", torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.temperature = float(temperature)
         self.tta = bool(tta)
-        self.outputs = ["probabilities", "referable_probability"]
+        self.decide = ReferralFirst()
+        self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
+        self.outputs = ["probabilities", "referable_probability", "would_say_refer", "would_say_grade"]
         self.has_ood = ood_stats is not None
         if self.has_ood:
             self.register_buffer("ood_means", ood_stats["means"].float())
@@ -86,7 +107,8 @@ class GraderGraph(nn.Module):
         features = [self.features(v) for v in views]
         logits = torch.stack([self.fc(f) for f in features]).mean(0)
         probs = torch.softmax(logits / self.temperature, dim=1)
-        out = [probs, probs[:, REFERABLE_GRADE:].sum(1)]
+        referable, refer, grade = self.decide(probs, self.threshold)
+        out = [probs, referable, refer, grade]
         if self.has_ood:
             # The unflipped view's features, as the app's feature tap keeps. (f - mu) P (f - mu)
             # per grade rather than the expanded form: float32 keeps its digits that way.
@@ -96,10 +118,13 @@ class GraderGraph(nn.Module):
 
 
 def grader_graph(predictor: Predictor) -> GraderGraph:
-    """The export graph of a Predictor (a fresh copy of its network: no hooks, contiguous)."""
+    """The export graph of a Predictor (a fresh copy of its network: no hooks, contiguous), with
+    its run's referral threshold in force."""
     model = build_model(predictor.arch, predictor.model.fc.out_features)
     model.load_state_dict({k: v.contiguous() for k, v in predictor.model.state_dict().items()})
-    return GraderGraph(model, predictor.pre, predictor.temperature, predictor.tta, predictor.ood_stats).eval()
+    point = predictor.operating_point or OperatingPoint()
+    return GraderGraph(model, predictor.pre, predictor.temperature_for(), predictor.tta, predictor.ood_stats,
+                       point.threshold).eval()
 
 
 def _example(size: int) -> torch.Tensor:
@@ -157,24 +182,31 @@ def _verification_images(config: dict, size: int, n: int) -> tuple[list[Image.Im
 
 
 def verify(predictor: Predictor, run: Callable, images: list[Image.Image], crop: str, chunk: int = 32) -> dict:
-    """Largest differences between the export and ``predictor`` on ``images``."""
-    worst_p, worst_ood = 0.0, 0.0
+    """Largest differences between the export and ``predictor`` on ``images``, and how many of
+    the graph's referrals and grades differ from decision.referral_first on the app's
+    probabilities (a photo within TOLERANCE of the threshold may fall either side)."""
+    worst_p, worst_ood, differ = 0.0, 0.0, 0
+    threshold = (predictor.operating_point or OperatingPoint()).threshold
     for start in range(0, len(images), chunk):
         part = images[start:start + chunk]
         want, checks = predictor.run(part)
         got = run(np.stack([prepare(img, predictor.image_size, crop) for img in part]))
         worst_p = max(worst_p, float(np.abs(got["probabilities"] - want).max()))
+        for k, p in enumerate(want):
+            if abs(float(p[REFERABLE_GRADE:].sum()) - threshold) > TOLERANCE:
+                differ += (bool(got["would_say_refer"][k]), int(got["would_say_grade"][k])) != referral_first(p, threshold)
         if "ood_score" in got:
             ref = np.array([c.ood_score for c in checks], dtype=np.float64)
             worst_ood = max(worst_ood, float((np.abs(got["ood_score"] - ref) / np.maximum(np.abs(ref), 1.0)).max()))
-    return {"images": len(images), "max_abs_diff": worst_p, "ood_score_max_rel_diff": worst_ood}
+    return {"images": len(images), "max_abs_diff": worst_p, "ood_score_max_rel_diff": worst_ood,
+            "decisions_differ": differ}
 
 
-def preprocessing_json(predictor: Predictor, summary: dict, run_id: str, fmt: str, outputs: list[str],
-                       referable: dict | None) -> dict:
+def preprocessing_json(predictor: Predictor, summary: dict, run_id: str, fmt: str, outputs: list[str]) -> dict:
     """What a user of the exported model must know: input, resize, crop, normalisation, outputs,
-    grades, the referable threshold, the detector threshold and the trust verdict."""
+    grades, the referral rule and its operating point, the detector threshold, the trust verdict."""
     size, pre = predictor.image_size, predictor.pre
+    point = predictor.operating_point or OperatingPoint()
     verdict = trust.of_summary(summary)
     return {
         "run": run_id, "arch": predictor.arch, "format": fmt, "model_file": FORMATS[fmt],
@@ -192,14 +224,17 @@ def preprocessing_json(predictor: Predictor, summary: dict, run_id: str, fmt: st
         "colour": "8-bit RGB; greyscale, 16-bit, palette and alpha photos converted first (alpha on black)",
         "mean": list(pre["mean"]), "std": list(pre["std"]),
         "normalisation": "inside the model: (x / 255 - mean) / std per channel",
-        "temperature": predictor.temperature, "flip_averaging": predictor.tta,
+        "temperature": predictor.temperature_for(), "calibrated": predictor.calibrated,
+        "fitted_temperature": predictor.temperature, "flip_averaging": predictor.tta,
         "outputs": outputs, "grade_names": list(GRADE_NAMES),
-        "referable": None if referable is None else {
-            "grades": list(range(REFERABLE_GRADE, len(GRADE_NAMES))), "threshold": referable["threshold"],
-            "rule": "refer when referable_probability >= threshold",
-            "chosen_on": "val", "target_sensitivity": referable["target_sensitivity"],
-            **{f"{split}_{k}": referable[split][k] for split in ("val", "test") if split in referable
-               for k in ("sensitivity", "specificity")}},
+        "referable": {**point.to_dict(), "grades": list(range(REFERABLE_GRADE, len(GRADE_NAMES))),
+                      "rule": "refer when referable_probability >= threshold; the grade is then the most probable "
+                              "of grades 2-4, otherwise of grades 0-1 (the graph's would_say_refer, would_say_grade)",
+                      "chosen_on": "val", "default_threshold": DEFAULT_THRESHOLD, "says": point.sentence()},
+        "decision": {"statuses": [GRADED, NOT_GRADED, NO_USABLE_MODEL],
+                     "rule": "a photo is graded only when it passes the field-of-view, retinal-detail and feature "
+                             "checks and the model is usable; otherwise grade, grade_name and refer are null and "
+                             "would_say_* hold what the model would say (predict_onnx.py applies this)"},
         "ood": None if predictor.ood_stats is None else {
             "threshold": float(predictor.ood_stats["threshold"]), "output": "ood_score",
             "rule": "not like the training photos when ood_score > threshold, or when the photo is not a round "
@@ -229,19 +264,19 @@ def export_run(run: str | Path, fmt: str = "onnx", out: Path | None = None, runs
     model_path = out / FORMATS[fmt]
     (write_onnx if fmt == "onnx" else write_torchscript)(graph, predictor.image_size, model_path)
 
-    referable = modelcard.referable_point(run_dir, predictor.temperature)
-    pre = preprocessing_json(predictor, summary, run_dir.name, fmt, graph.outputs, referable)
+    pre = preprocessing_json(predictor, summary, run_dir.name, fmt, graph.outputs)
     images, where = _verification_images(runs.read_json(run_dir / "config.json", {}) or {},
                                          predictor.image_size, verify_images)
     checked = verify(predictor, load_runner(fmt, model_path, graph.outputs), images, pre["crop"])
     checked.update(on=where, tolerance=TOLERANCE, passed=checked["max_abs_diff"] <= TOLERANCE
-                   and checked["ood_score_max_rel_diff"] <= OOD_TOLERANCE)
+                   and checked["ood_score_max_rel_diff"] <= OOD_TOLERANCE and checked["decisions_differ"] == 0)
     pre.update(verified=checked, sha256=hashlib.sha256(model_path.read_bytes()).hexdigest())
     if not checked["passed"]:
         runs.write_json(out / PREPROCESSING, pre)  # the record of what did not match
         raise ExportError(f"the exported model differs from the app's: probabilities by up to "
                           f"{checked['max_abs_diff']:.2e} (allowed {TOLERANCE:.0e}), feature distance by up to "
-                          f"{checked['ood_score_max_rel_diff']:.2e} (allowed {OOD_TOLERANCE:.0e}); files left in {out}")
+                          f"{checked['ood_score_max_rel_diff']:.2e} (allowed {OOD_TOLERANCE:.0e}), "
+                          f"{checked['decisions_differ']} referrals or grades (allowed 0); files left in {out}")
     files = [FORMATS[fmt], PREPROCESSING, modelcard.CARD_MD, modelcard.CARD_HTML]
     if fmt == "onnx":
         runs.atomic_write_bytes(out / SCRIPT, standalone_script().encode("utf-8"))

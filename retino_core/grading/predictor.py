@@ -1,4 +1,5 @@
-"""Load a run's checkpoint into a Predictor; grade images; explain them with Grad-CAM.
+"""Load a run's checkpoint into a Predictor; grade images (``judging.decision.decide``, with the
+run's trust verdict and operating point); explain them with Grad-CAM.
 """
 
 from __future__ import annotations
@@ -14,38 +15,50 @@ import torch
 from PIL import Image
 
 from .. import runs
-from ..config import GRADE_NAMES, NUM_CLASSES
+from ..config import NUM_CLASSES
 from ..data.images import load_image
 from ..data.transforms import build_eval_transform, tta_views
 from ..errors import (  # torch-free: the CLI and the worker catch it
     CheckpointError,
     refused_load,
 )
-from ..judging import ood, photo
+from ..judging import ood, operating, photo, trust
+from ..judging.trust import is_usable_verdict, warning
+from ..judging.decision import Decision, OperatingPoint, check_photo, decide
 from ..judging.metrics import softmax
 from ..judging.ood import FeatureTap
-from ..judging.photo import ImageCheck, field_of_view
+from ..judging.photo import ImageCheck
 from ..models.builders import build_model, grad_cam_layer
 
 
 @dataclass
 class Prediction:
-    grade: int
-    grade_name: str
-    probabilities: list[float]
-    name: str = ""
-    check: ImageCheck | None = None
+    """One photo's answer (``decision``) and the checks it rests on."""
+
+    name: str
+    decision: Decision
+    check: ImageCheck
+
+    @property
+    def probabilities(self) -> list[float]:
+        return list(self.decision.probabilities)
 
     def to_dict(self) -> dict:
-        out = {"image": self.name, "grade": self.grade, "grade_name": self.grade_name,
-               "probabilities": {GRADE_NAMES[i]: p for i, p in enumerate(self.probabilities)}}
-        if self.check is not None:
-            out.update(self.check.to_dict())
-        return out
+        """The JSON and CSV keys: the file, then Decision.to_dict."""
+        return {"file": self.name, **self.decision.to_dict()}
 
 
-# An upload this many times the training size (on its short side) is said to be shrunk.
-THUMBNAIL_FACTOR = 4
+def batch_warnings(verdict: dict | None, point: OperatingPoint | None, checks_features: bool) -> list[str]:
+    """What holds for every photo a model grades, to say once per batch: its verdict when it is
+    not usable, a referral threshold that validation could not support, no feature check."""
+    out = [] if is_usable_verdict(verdict) else [warning(verdict)]
+    point = point or OperatingPoint(why="the model has no run folder to read one from")
+    if not point.reliable:
+        out.append(point.sentence())
+    if not checks_features:
+        out.append("Not checked against the training photos: this checkpoint predates the feature statistics "
+                   "(retrain to get them); only the field of view and the retinal detail are checked.")
+    return out
 
 
 class Predictor:
@@ -53,11 +66,15 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, preprocessing: dict, temperature: float = 1.0,
                  arch: str = "", run_id: str = "", tta: bool = False, ood_stats: dict | None = None,
-                 trained_on: dict | None = None):
+                 trained_on: dict | None = None, verdict: dict | None = None,
+                 operating_point: OperatingPoint | None = None):
         # channels_last: 20-30 % faster than NCHW on the CPU, same numbers (bench/cpu_latency.py).
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.pre = preprocessing
         self.temperature = float(temperature or 1.0)
+        # Whether grading divides the logits by the temperature (operating.grades_calibrated: not
+        # where it made the run's test probabilities worse); the default of every call below.
+        self.calibrated = True
         self.arch, self.run_id = arch, run_id
         # Whether the run's metrics and temperature came from flip-averaged logits: the default
         # of every call below, so a prediction matches what the run reported.
@@ -65,6 +82,10 @@ class Predictor:
         # Mahalanobis statistics of the training features (None: a checkpoint from before them).
         self.ood_stats = ood_stats if ood_stats and "threshold" in ood_stats else None
         self.trained_on = trained_on or {}
+        # How far to trust the run (trust.of_summary) and its referral threshold (operating.of_run):
+        # both come from the run folder; a bare checkpoint has neither, so nothing it says is a grade.
+        self.verdict = verdict
+        self.operating_point = operating_point
         self._tap = FeatureTap(self.model)
         # One forward at a time per shared model: the tap holds one batch's features, and
         # captum hooks the model for a Grad-CAM (the app serves every session from one Predictor).
@@ -92,7 +113,19 @@ class Predictor:
     @classmethod
     def from_run(cls, run: str | os.PathLike, which: str = "best", runs_dir: Path | None = None) -> "Predictor":
         run_dir = runs.resolve_run_dir(run, runs_dir)
-        return cls.from_checkpoint(runs.checkpoint_path(run_dir, which), run_dir.name)
+        predictor = cls.from_checkpoint(runs.checkpoint_path(run_dir, which), run_dir.name)
+        predictor.verdict = trust.of_summary(runs.read_json(run_dir / "summary.json", {}))
+        predictor.calibrated = operating.grades_calibrated(run_dir)
+        predictor.operating_point = operating.of_run(run_dir)
+        return predictor
+
+    def temperature_for(self, calibrated: bool | None = None) -> float:
+        """The temperature the logits are divided by (None: as the run grades)."""
+        return self.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
+
+    @property
+    def usable(self) -> bool:
+        return is_usable_verdict(self.verdict)
 
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(img) for img in images]).contiguous(memory_format=torch.channels_last)
@@ -111,35 +144,22 @@ class Predictor:
         return f"learned from {data}, shown at {self.image_size}×{self.image_size} px"
 
     def run(self, images: Sequence[Image.Image], tta: bool | None = None,
-            calibrated: bool = True) -> tuple[np.ndarray, list[ImageCheck]]:
-        """Probabilities (N, 5) and, per image, its field-of-view and feature checks with warnings."""
+            calibrated: bool | None = None) -> tuple[np.ndarray, list[ImageCheck]]:
+        """Probabilities (N, 5) and, per image, its checks (decision.check_photo)."""
         logits, features = self._forward(images, tta)
-        probs = softmax(logits, self.temperature if calibrated else 1.0)
+        probs = softmax(logits, self.temperature_for(calibrated))
         scores = ood.scores(features.numpy(), self.ood_stats) if self.ood_stats is not None else None
-        return probs, [self._check(img, None if scores is None else float(scores[k]))
+        threshold = float(self.ood_stats["threshold"]) if self.ood_stats is not None else None
+        return probs, [check_photo(img, None if scores is None else float(scores[k]), threshold)
                        for k, img in enumerate(images)]
 
-    def _check(self, img: Image.Image, score: float | None) -> ImageCheck:
-        fov = field_of_view(img)
-        threshold = float(self.ood_stats["threshold"]) if self.ood_stats is not None else None
-        check = ImageCheck(img.size, fov, score, threshold)
-        if not fov.ok:
-            check.warnings.append(f"{photo.NOT_LIKE_TRAINING}: {fov.reason}.")
-        if check.features_ok is False:
-            kind = "it may be a fundus photo, but " if fov.ok else ""
-            check.warnings.append(
-                f"{photo.NOT_LIKE_TRAINING}: {kind}its features lie far from every grade the model learned "
-                f"(distance {score:.0f}, while 99 % of validation photos are under {threshold:.0f}): another "
-                "camera, resolution or population than the training photos.")
-        elif check.features_ok is None:
-            check.warnings.append("Not checked against the training photos: this checkpoint predates "
-                                  "the feature statistics (retrain to get them).")
-        w, h = img.size
-        if min(w, h) >= THUMBNAIL_FACTOR * self.image_size:
-            check.warnings.append(
-                f"This {w}×{h} photo is graded as a {self.image_size}×{self.image_size} thumbnail: the model "
-                f"{self.domain()}, so detail finer than about {max(w, h) // self.image_size} px here is lost to it.")
-        return check
+    def batch_warnings(self) -> list[str]:
+        """batch_warnings for this model."""
+        return batch_warnings(self.verdict, self.operating_point, self.ood_stats is not None)
+
+    def thumbnail_note(self, size: tuple[int, int]) -> str | None:
+        """photo.thumbnail_note for this model's input size and training data."""
+        return photo.thumbnail_note(size, self.image_size, self.domain())
 
     @torch.inference_mode()
     def _forward(self, images: Sequence[Image.Image], tta: bool | None) -> tuple[np.ndarray, torch.Tensor]:
@@ -156,15 +176,15 @@ class Predictor:
         return self._forward(images, tta)[0]
 
     def probabilities(self, images: Sequence[Image.Image], tta: bool | None = None,
-                      calibrated: bool = True) -> np.ndarray:
-        return softmax(self.logits(images, tta), self.temperature if calibrated else 1.0)
+                      calibrated: bool | None = None) -> np.ndarray:
+        return softmax(self.logits(images, tta), self.temperature_for(calibrated))
 
     def predict(self, images: Sequence[Image.Image], names: Sequence[str] | None = None,
-                tta: bool | None = None, calibrated: bool = True) -> list[Prediction]:
+                tta: bool | None = None, calibrated: bool | None = None) -> list[Prediction]:
+        """Each image's answer: decision.decide with its checks, this run's operating point and verdict."""
         probs, checks = self.run(images, tta, calibrated)
         names = names or [""] * len(images)
-        return [Prediction(int(p.argmax()), GRADE_NAMES[int(p.argmax())], [float(v) for v in p], n, c)
-                for p, n, c in zip(probs, names, checks)]
+        return [Prediction(n, decide(p, c, self.operating_point, self.usable), c) for p, n, c in zip(probs, names, checks)]
 
     def predict_files(self, paths: Sequence[str | os.PathLike], tta: bool | None = None) -> list[Prediction]:
         """Grade image files; an unreadable file raises ImageError naming it."""

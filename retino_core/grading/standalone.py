@@ -1,6 +1,6 @@
 """predict_onnx.py: a grader that needs only onnxruntime, numpy and Pillow. It carries the
-package's own decoding, checks, resize, file walk and CSV by source, so it answers exactly
-as the app does.
+package's own decoding, photo checks, resize, the one decision per photo (judging.decision),
+the file walk, the batch tally and the CSV by source, so it answers exactly as the app does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .. import errors
 from ..data import images, transforms
 from ..data.transforms import RetinaPreprocess
 from ..errors import ExportError
-from ..judging import photo
+from ..judging import decision, detail, photo, trust
 from . import batch, predictor
 
 
@@ -31,16 +31,24 @@ def prepare(img: Image.Image, size: int, crop: str = "none") -> np.ndarray:
 
 def _carried() -> tuple:
     """What predict_onnx.py carries from the package, by source: decoding with the same checks,
-    the retina crop, the field-of-view check, the resize, the file walk and the CSV."""
+    the retina crop, the field-of-view and retinal-detail checks, the resize, the decision, the
+    batch-wide warnings, the file walk, the rows, the tally and the CSV."""
     return (errors.ImageError, images._describe, images._to_rgb, images._decode, images.load_image,
             transforms.field_of_view_box, transforms.RetinaPreprocess, prepare,
             photo.FieldOfView, photo._brightness, photo._radius, photo._corners_and_disc, photo.field_of_view,
-            batch.OutputError, batch.expand_inputs, batch.result_row, batch.ResultsCsv)
+            photo.ImageCheck, photo._sentence,
+            detail.Detail, detail._ramp, detail._geometry, detail._gauss_matrix, detail._smooth, detail._working_copy,
+            detail._measure, detail.check_detail,
+            decision.OperatingPoint, decision.Decision, decision.referral_first, decision.decide, decision.check_photo,
+            trust.is_usable_verdict, trust.warning, predictor.batch_warnings,
+            batch.OutputError, batch.expand_inputs, batch.record, batch.csv_row, batch.Tally, batch.ResultsCsv)
 
 
 def _constant(value) -> bool:
     if isinstance(value, (tuple, frozenset, set)):
         return all(_constant(v) for v in value)
+    if isinstance(value, dict):
+        return all(_constant(k) and _constant(v) for k, v in value.items())
     return isinstance(value, (bool, int, float, str, bytes))
 
 
@@ -48,7 +56,7 @@ def carried_source() -> str:
     """The carried objects' source, preceded by the module constants they read."""
     carried = _carried()
     names = {obj.__name__ for obj in carried}
-    constants = {"NOT_LIKE_TRAINING": photo.NOT_LIKE_TRAINING, "THUMBNAIL_FACTOR": predictor.THUMBNAIL_FACTOR}
+    constants: dict = {}
     sources = []
     for obj in carried:
         source = textwrap.dedent(inspect.getsource(obj))
@@ -75,10 +83,13 @@ model.onnx and preprocessing.json beside this file:
 
     python predict_onnx.py photo.jpg photos/ "scans/**/*.png" --out grades.csv [--resume]
 
-Files, folders (every file below them) and glob patterns; one row per file, with the five
-probabilities, the grade, P(referable DR) and whether it passes the threshold chosen on
-validation, the image checks and warnings, or the error that kept a file from being graded.
-Without --out the rows are printed as JSON lines. A model that is not usable says so first.
+Files, folders (every file below them) and glob patterns; one row per file: its status (graded,
+not graded, no usable model, unreadable), the grade and referral of a graded photo (referral
+first: P(referable DR) against the run's threshold, then the most probable grade on that side),
+the reasons a photo is not graded, the five probabilities, what the model would say (not a
+grade), or the error that kept a file from being read. Without --out the rows are printed as
+JSON lines. What holds for the whole batch (a model that is not usable, a threshold that
+validation could not support) is said once, first; the counts come last.
 
 Written by `python -m retino_core export`: the part between the lines is copied from retino,
 so a photo is decoded, checked and resized exactly as the app does it.
@@ -94,7 +105,7 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -114,26 +125,9 @@ def load(folder: Path):
     return pre, ort.InferenceSession(str(folder / pre["model_file"]), providers=["CPUExecutionProvider"])
 
 
-def check(img, score, pre) -> tuple:
-    """Whether the photo is like the training ones (its field of view; the distance of its
-    features, when the model gives one), and the warnings to show with its grade."""
-    notes, fov = [], field_of_view(img)
-    if not fov.ok:
-        notes.append(f"{NOT_LIKE_TRAINING}: {fov.reason}.")
-    threshold = (pre.get("ood") or {}).get("threshold")
-    near = None if score is None or threshold is None else score <= threshold
-    if near is False:
-        notes.append(f"{NOT_LIKE_TRAINING}: its features lie far from every grade the model learned "
-                     f"(distance {score:.0f}; 99 % of validation photos are under {threshold:.0f}).")
-    size, (w, h) = pre["image_size"], img.size
-    if min(w, h) >= THUMBNAIL_FACTOR * size:
-        notes.append(f"This {w}x{h} photo is graded as a {size}x{size} thumbnail: detail finer than "
-                     f"about {max(w, h) // size} px is lost to the model.")
-    return (False if not fov.ok or near is False else near), notes
-
-
-def grade_files(session, pre, items) -> list:
-    """One result row per (file, problem) of ``items``; a file that cannot be read gets its error."""
+def grade_files(session, pre, items, tally=None) -> list:
+    """One row (``record``) per (file, problem) of ``items``; a file that cannot be read gets its
+    error. Each photo is checked and decided by the package's own ``check_photo`` and ``decide``."""
     rows, decoded = {}, []
     common = {"model": pre["run"], "verdict": pre["trust"]["verdict"]}
     for path, problem in items:
@@ -142,19 +136,24 @@ def grade_files(session, pre, items) -> list:
                 raise ImageError(f"{path}: {problem}")
             decoded.append((path, load_image(path)))
         except ImageError as err:
-            rows[path] = result_row(path, error=str(err), **common)
+            rows[path] = record(path, error=str(err), **common)
         except Exception as err:  # one odd file must not end the batch
-            rows[path] = result_row(path, error=f"{path}: cannot be read ({type(err).__name__}: {err})", **common)
+            rows[path] = record(path, error=f"{path}: cannot be read ({type(err).__name__}: {err})", **common)
+    sizes = {}
     if decoded:
         batch = np.stack([prepare(img, pre["image_size"], pre["crop"]) for _, img in decoded])
         names = [o.name for o in session.get_outputs()]
         out = dict(zip(names, session.run(None, {pre["input"]["name"]: batch})))
-        threshold = (pre.get("referable") or {}).get("threshold")
+        point = OperatingPoint.from_dict(pre["referable"])
+        usable = is_usable_verdict(pre["trust"])
+        threshold = (pre.get("ood") or {}).get("threshold")
         for k, (path, img) in enumerate(decoded):
             score = float(out["ood_score"][k]) if "ood_score" in out else None
-            ok, notes = check(img, score, pre)
-            rows[path] = result_row(path, out["probabilities"][k], threshold=threshold, in_distribution=ok,
-                                    ood_score=score, warnings=notes, **common)
+            answer = decide(out["probabilities"][k], check_photo(img, score, threshold), point, usable)
+            rows[path], sizes[path] = record(path, answer, **common), img.size
+    if tally is not None:
+        for path, _ in items:
+            tally.add(rows[path], sizes.get(path))
     return [rows[path] for path, _ in items]
 
 
@@ -169,10 +168,8 @@ def main(argv=None) -> int:
                         help="the export folder (default: this script's)")
     args = parser.parse_args(argv)
     pre, session = load(args.model_dir)
-    verdict = pre["trust"]
-    if verdict["verdict"] != "usable":
-        print(f"warning: this model is {verdict['verdict']}: " + " ".join(verdict.get("reasons") or []),
-              file=sys.stderr)
+    for line in batch_warnings(pre["trust"], OperatingPoint.from_dict(pre["referable"]), bool(pre.get("ood"))):
+        print(f"warning: {line}", file=sys.stderr)
     items = expand_inputs(args.inputs)
     try:
         out = ResultsCsv(args.out, pre["run"], args.resume, args.overwrite) if args.out else None
@@ -180,25 +177,25 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     todo = [item for item in items if out is None or not out.is_done(item[0])]
-    failed, tty = 0, sys.stderr.isatty()
+    tally, tty = Tally(pre["image_size"], skipped=len(items) - len(todo)), sys.stderr.isatty()
     try:
         for start in range(0, len(todo), args.batch_size):
-            rows = grade_files(session, pre, todo[start:start + args.batch_size])
-            failed += sum(1 for row in rows if row["error"])
+            rows = grade_files(session, pre, todo[start:start + args.batch_size], tally)
             if out is None:
                 for row in rows:
-                    print(json.dumps({k: None if v == "" else v for k, v in row.items()}))
+                    print(json.dumps(row), flush=True)
                 continue
-            out.write(rows)
+            out.write([csv_row(row) for row in rows])
             if tty:
                 print(f"\\rgraded {min(start + args.batch_size, len(todo))} of {len(todo)}", end="", file=sys.stderr)
     finally:
         if out is not None:
             out.close()
-    if out is not None:
-        print(f"{chr(10) if tty else ''}{len(todo) - failed} graded, {failed} could not be read, "
-              f"{len(items) - len(todo)} already in {args.out}", file=sys.stderr)
-    return 1 if failed else 0
+    if out is not None and tty:
+        print(file=sys.stderr)
+    for line in tally.lines(args.out or ""):
+        print(line, file=sys.stderr)
+    return tally.exit_code
 
 
 if __name__ == "__main__":

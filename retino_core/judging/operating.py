@@ -1,5 +1,10 @@
 """Referable DR (grade >= 2): the operating point chosen on validation, the published screening
 systems to compare with, and calibration before and after temperature scaling.
+
+``of_run`` is the one place a run's operating point comes from: stored in ``summary.json`` at
+the end of training, else chosen the same way from ``predictions.csv``. The threshold is trusted
+only where validation can support it (``choose``); otherwise the run's operating point says
+why and every door refers at ``decision.DEFAULT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -12,10 +17,21 @@ import numpy as np
 from .. import runs
 from ..config import NUM_CLASSES
 from . import metrics
+from .decision import DEFAULT_THRESHOLD, OperatingPoint
 
 # The referable-DR operating point starts at this sensitivity, its threshold chosen on validation
 # (the Evaluation page, the model card and the export use it).
 TARGET_SENSITIVITY = 0.90
+
+
+# Validation must hold at least this many referable and non-referable photos: with 30 referable,
+# 27 of 30 found (90 %) has a 95 % Wilson interval of 74-97 %; with 20 it is 70-97 %, with 10
+# 60-98 %, so one or two photos move the threshold (README, "The referral threshold").
+MIN_PER_SIDE = 30
+
+
+# A threshold that leaves validation specificity under this refers nearly everyone.
+MIN_SPECIFICITY = 0.10
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,110 @@ def calibration_table(scores: dict[str, SplitScores], temperature: float) -> lis
             rows.append({"split": split, "probabilities": label, "ECE": metrics.expected_calibration_error(s.labels, p),
                          "NLL": metrics.nll(s.labels, p), "accuracy": float(np.mean(p.argmax(1) == s.labels))})
     return rows
+
+
+def _why_not(labels: np.ndarray, probs: np.ndarray, target: float) -> tuple[float | None, str]:
+    """The threshold validation picks (None when it cannot) and why it is not to be trusted
+    ("" when it is)."""
+    referable = int(np.sum(labels >= metrics.REFERABLE_GRADE))
+    other = len(labels) - referable
+    counts = f"the validation split has {referable} referable (grade ≥ 2) and {other} other photos"
+    if not referable or not other:
+        return None, f"{counts}; both kinds are needed to choose a threshold"
+    chosen = threshold_for_sensitivity(labels, probs, target)
+    if referable < MIN_PER_SIDE or other < MIN_PER_SIDE:
+        return chosen, f"{counts}; at least {MIN_PER_SIDE} of each are needed to choose a threshold"
+    specificity = metrics.operating_point(labels, probs, chosen)["specificity"]
+    if specificity < MIN_SPECIFICITY:
+        return chosen, (f"the threshold that reaches {target:.0%} sensitivity on validation ({chosen:.3f}) leaves a "
+                        f"specificity of {specificity:.1%} there: it would refer nearly everyone")
+    return chosen, ""
+
+
+def choose(val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray | None = None,
+           test_probs: np.ndarray | None = None, target: float = TARGET_SENSITIVITY) -> OperatingPoint:
+    """The operating point: the highest threshold on P(grade >= 2) that reaches ``target``
+    sensitivity on validation, when validation supports it (MIN_PER_SIDE photos of each side,
+    specificity at least MIN_SPECIFICITY there); otherwise DEFAULT_THRESHOLD and the reason.
+    Sensitivity and specificity on validation and test are those of the threshold in force."""
+    val_labels = np.asarray(val_labels)
+    chosen, why = _why_not(val_labels, val_probs, target)
+    threshold = chosen if not why else DEFAULT_THRESHOLD
+    at = {"val": metrics.operating_point(val_labels, val_probs, threshold)}
+    if test_labels is not None and len(test_labels):
+        at["test"] = metrics.operating_point(np.asarray(test_labels), test_probs, threshold)
+    referable = int(np.sum(val_labels >= metrics.REFERABLE_GRADE))
+    return OperatingPoint(float(threshold), not why, why, target, chosen, referable, len(val_labels) - referable,
+                          **{f"{split}_{k}": at[split][k] if split in at else None for split in ("val", "test")
+                             for k in ("sensitivity", "specificity")})
+
+
+def of_scores(scores: dict[str, SplitScores], temperature: float = 1.0,
+              target: float = TARGET_SENSITIVITY) -> OperatingPoint:
+    """``choose`` on a run's validation (and test) scores at ``temperature``."""
+    val, test = scores.get("val"), scores.get("test")
+    if val is None:
+        return OperatingPoint(why="the run has no validation predictions with logits to choose a threshold on",
+                              target_sensitivity=target)
+    return choose(val.labels, val.probs(temperature), None if test is None else test.labels,
+                  None if test is None else test.probs(temperature), target)
+
+
+def grades_calibrated(run_dir: Path) -> bool:
+    """Whether every door divides this run's logits by its temperature: yes, unless temperature
+    scaling made the run's test probabilities no better (``calibration_check``), in which case
+    every door grades with the model's own probabilities. Stored in summary.json at the end of
+    training; worked out from predictions.csv for older runs."""
+    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    if "grades_calibrated" in summary:
+        return bool(summary["grades_calibrated"])
+    check = calibration_check(Path(run_dir), summary.get("temperature"))
+    return check is None or bool(check["helps"])
+
+
+def grading_temperature(run_dir: Path, calibrated: bool | None = None) -> float:
+    """The temperature the run's probabilities are taken at (``calibrated`` None: as every door
+    grades, ``grades_calibrated``)."""
+    calibrated = grades_calibrated(run_dir) if calibrated is None else calibrated
+    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    return float(summary.get("temperature") or 1.0) if calibrated else 1.0
+
+
+def of_run(run_dir: Path, calibrated: bool | None = None) -> OperatingPoint:
+    """A run's operating point: the one stored in summary.json, else chosen from its
+    predictions.csv as training would have. ``calibrated`` None: on the probabilities every door
+    grades with (``grades_calibrated``); True / False: at the run's temperature / at 1."""
+    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    stored = summary.get("operating_point")
+    as_graded = grades_calibrated(run_dir)
+    calibrated = as_graded if calibrated is None else calibrated
+    if calibrated == as_graded and isinstance(stored, dict) and "threshold" in stored:
+        return OperatingPoint.from_dict(stored)
+    return of_scores(load_scores(Path(run_dir)), grading_temperature(run_dir, calibrated))
+
+
+def of_runs(run_dirs: list[Path], calibrated: bool | None = None) -> OperatingPoint:
+    """The operating point of an ensemble that averages the runs' probabilities (each at
+    ``grading_temperature``), chosen the same way on their averaged validation probabilities
+    (one run: ``of_run``)."""
+    if len(run_dirs) == 1:
+        return of_run(run_dirs[0], calibrated)
+    splits: dict[str, list] = {}
+    for run_dir in run_dirs:
+        temperature = grading_temperature(run_dir, calibrated)
+        for split, s in load_scores(Path(run_dir)).items():
+            splits.setdefault(split, []).append((s, s.probs(temperature)))
+    averaged = {}
+    for split, members in splits.items():
+        first = members[0][0]
+        if len(members) != len(run_dirs) or any(s.names != first.names for s, _ in members):
+            return OperatingPoint(why="the models were not validated on the same photos, so no threshold can be "
+                                      "chosen for their average")
+        averaged[split] = (first.labels, np.mean([p for _, p in members], axis=0))
+    if "val" not in averaged:
+        return OperatingPoint(why="the models have no validation predictions with logits to choose a threshold on")
+    test = averaged.get("test", (None, None))
+    return choose(*averaged["val"], *test)
 
 
 def calibration_check(run_dir: Path, temperature: float | None) -> dict | None:

@@ -2,12 +2,14 @@
 
 **Field of view**: a fundus photograph is a bright disc on a dark background, about as wide
 as it is tall. Noise, text, charts, scenes, strips and photos with the disc cropped away
-fail it. Cheap: it reads a 64 x 64 copy.
+fail it. Cheap: it reads a 64 x 64 copy. (The retinal detail inside the disc is judged by
+``judging.detail``; ``ImageCheck`` holds both and the feature distance, and says why a photo
+is not graded.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -94,13 +96,14 @@ def field_of_view_mask(img: Image.Image) -> np.ndarray:
 
 @dataclass
 class ImageCheck:
-    """What is known about one graded image beyond its probabilities."""
+    """What is known about one photo beyond its probabilities: its field of view, its retinal
+    detail (``judging.detail.Detail``; None when not measured) and its feature distance."""
 
     size: tuple[int, int]
     field_of_view: FieldOfView
+    detail: object | None = None
     ood_score: float | None = None
     ood_threshold: float | None = None
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def features_ok(self) -> bool | None:
@@ -109,16 +112,49 @@ class ImageCheck:
         return self.ood_score <= self.ood_threshold
 
     @property
+    def detail_ok(self) -> bool | None:
+        return None if self.detail is None else bool(self.detail.ok)
+
+    @property
     def in_distribution(self) -> bool | None:
-        """False when either check fails; None when only the field of view could be checked."""
-        if not self.field_of_view.ok or self.features_ok is False:
+        """False when any check fails; None when the features could not be checked."""
+        if not self.field_of_view.ok or self.detail_ok is False or self.features_ok is False:
             return False
         return self.features_ok
 
-    def to_dict(self) -> dict:
-        return {"in_distribution": self.in_distribution, "ood_score": self.ood_score,
-                "ood_threshold": self.ood_threshold, "field_of_view": self.field_of_view.ok,
-                "size": list(self.size), "warnings": list(self.warnings)}
+    @property
+    def reasons(self) -> list[str]:
+        """Why the photo is not graded, one sentence per failed check; empty when it passes."""
+        out = []
+        if not self.field_of_view.ok:
+            out.append(_sentence(self.field_of_view.reason))
+        if self.detail_ok is False:
+            out.append(self.detail.reason)
+        if self.features_ok is False:
+            out.append(f"{FAR_FROM_TRAINING} (distance {self.ood_score:.0f}, while 99 % of validation photos are "
+                       f"under {self.ood_threshold:.0f}): another camera, resolution or population than the "
+                       "training photos.")
+        return out
 
 
-NOT_LIKE_TRAINING = "This does not look like the photos the model was trained on"
+def _sentence(text: str) -> str:
+    """``text`` as a sentence of its own: capital first letter, full stop at the end."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+FAR_FROM_TRAINING = "Its features lie far from every grade the model learned"
+
+
+# A photo this many times the model's input size (on its short side) is said to be shrunk.
+THUMBNAIL_FACTOR = 4
+
+
+def thumbnail_note(size: tuple[int, int], image_size: int, learned: str = "") -> str | None:
+    """What is lost when a photo of ``size`` is shown to the model at ``image_size``; None when
+    the photo is less than THUMBNAIL_FACTOR times that on its short side."""
+    w, h = size
+    if min(w, h) < THUMBNAIL_FACTOR * image_size:
+        return None
+    return (f"This {w}×{h} photo is graded as a {image_size}×{image_size} thumbnail: detail finer than about "
+            f"{max(w, h) // image_size} px of it is lost to the model" + (f", which {learned}." if learned else "."))

@@ -153,7 +153,7 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.
         return np.where(den > 0, num / den, np.nan)
 
 
-def _qwk(confusion: np.ndarray) -> np.ndarray:
+def qwk_of(confusion: np.ndarray) -> np.ndarray:
     """Quadratic weighted kappa of (B, K, K) weighted confusion matrices."""
     k = confusion.shape[-1]
     i, j = np.indices((k, k))
@@ -167,12 +167,13 @@ def _qwk(confusion: np.ndarray) -> np.ndarray:
 
 
 def resampled_metrics(y: np.ndarray, probs: np.ndarray, w: Resamples,
-                      which: tuple[str, ...] = CI_METRICS) -> dict[str, np.ndarray]:
+                      which: tuple[str, ...] = CI_METRICS, pred: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The ``which`` of accuracy, macro AUC, QWK and referable-DR AUC under each resample: (B,) each.
-    Accuracy and QWK are computed over ``w.images``, the AUCs over ``w.by_grade``."""
+    Accuracy and QWK are computed over ``w.images``, the AUCs over ``w.by_grade``; accuracy and QWK
+    score ``pred``, the grades given (default: the most probable ones)."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    pred = probs.argmax(1)
+    pred = probs.argmax(1) if pred is None else np.asarray(pred, dtype=np.int64)
     # Counts are whole numbers, exact in float32; the division is in float64 so that a resample
     # equal to the test set gives exactly the stored accuracy (0.435, not 0.4350000023841858).
     n = w.images.sum(1, dtype=np.float64)
@@ -181,7 +182,7 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray, w: Resamples,
         out["acc"] = (w.images @ (pred == y).astype(np.float32)).astype(np.float64) / n
     if "qwk" in which:
         cells = np.eye(NUM_CLASSES * NUM_CLASSES, dtype=np.float32)[y * NUM_CLASSES + pred]  # (N, 25)
-        out["qwk"] = _qwk((w.images @ cells).reshape(-1, NUM_CLASSES, NUM_CLASSES).astype(np.float64))
+        out["qwk"] = qwk_of((w.images @ cells).reshape(-1, NUM_CLASSES, NUM_CLASSES).astype(np.float64))
     if any(m in which for m in STRATIFIED):
         out.update(_resampled_aucs(y, probs, w.by_grade, which))
     return out
@@ -224,14 +225,15 @@ def hold(ci: list[float] | None, point: float | None) -> list[float] | None:
 
 
 def confidence_intervals(y: np.ndarray, probs: np.ndarray, prefix: str = "test_", n_boot: int = N_BOOT,
-                         seed: int = SEED, level: float = LEVEL, points: dict | None = None) -> dict:
+                         seed: int = SEED, level: float = LEVEL, points: dict | None = None,
+                         pred: np.ndarray | None = None) -> dict:
     """95 % intervals of the CI_METRICS (see CI_METHOD): ``{"test_acc_ci": [lo, hi], ...,
     "test_ci_resamples": n_boot, "test_ci_method": CI_METHOD}``. ``points``: the metric values as
     stored elsewhere (``{"auc": 0.71}``), which each interval is made to hold as well."""
     y = np.asarray(y)
-    point = {m: v[0] for m, v in resampled_metrics(y, probs, Resamples.whole(len(y))).items()}
-    found = resampled_metrics(y, probs, Resamples.draw(y, n_boot, seed), which=("auc", "qwk", "referable_auc"))
-    right = int(np.sum(np.asarray(probs).argmax(1) == y))
+    point = {m: v[0] for m, v in resampled_metrics(y, probs, Resamples.whole(len(y)), pred=pred).items()}
+    found = resampled_metrics(y, probs, Resamples.draw(y, n_boot, seed), ("auc", "qwk", "referable_auc"), pred)
+    right = int(np.sum((np.asarray(probs).argmax(1) if pred is None else np.asarray(pred)) == y))
     out: dict = {f"{prefix}acc_ci": hold(list(wilson_interval(right, len(y), level)), (points or {}).get("acc"))}
     for m, values in found.items():
         out[f"{prefix}{m}_ci"] = hold(_interval(values, point[m], level), (points or {}).get(m))

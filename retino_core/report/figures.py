@@ -326,6 +326,25 @@ CAM_SCALE = "Turbo"
 CAM_MAX_CELLS = 64  # the heat map is drawn on at most this grid (a Grad-CAM has 7-16 cells a side)
 
 
+# A Grad-CAM whose 5th to 95th percentile inside the field of view spans less than this share of
+# its scale (or that is zero everywhere) is flat: no colour scale is drawn for it.
+CAM_MIN_CONTRAST = 0.25
+
+
+FLAT_CAM = "no region stands out for this grade"
+
+
+def cam_stands_out(heat: np.ndarray, mask: np.ndarray | None = None) -> bool:
+    """Whether a Grad-CAM map (any scale) shows a region at all: False when it is zero
+    everywhere inside ``mask`` or its 5th-95th percentile range is under CAM_MIN_CONTRAST of its peak."""
+    inside = np.asarray(heat, dtype=np.float64)[mask if mask is not None else slice(None)]
+    peak = float(inside.max()) if inside.size else 0.0
+    if not np.isfinite(peak) or peak <= 0:
+        return False
+    lo, hi = np.percentile(inside, [5, 95])
+    return (hi - lo) / peak >= CAM_MIN_CONTRAST
+
+
 def cam_figure(image, heat: np.ndarray, mask: np.ndarray | None = None, opacity: float = 0.5,
                title: str = "") -> go.Figure:
     """A photo with its Grad-CAM drawn over it on a colour scale with a colour bar.

@@ -19,7 +19,7 @@ from ..config import GRADE_NAMES
 from ..data.patients import straddling
 from ..data.sources import source_of
 from ..errors import DataError
-from ..judging import comparison, metrics, operating, trust
+from ..judging import comparison, decision, external, metrics, operating, trust
 from . import display
 
 CARD_MD, CARD_HTML = "model_card.md", "model_card.html"
@@ -34,22 +34,14 @@ CI_METRICS = (("acc", "accuracy"), ("auc", "macro AUC (one grade vs the rest)"),
               ("macro_f1", "macro F1"), ("referable_auc", "referable-DR AUC (grade ≥ 2)"))
 
 
-def referable_point(run_dir: Path, temperature: float, target: float = operating.TARGET_SENSITIVITY) -> dict | None:
-    """'Refer when P(grade ≥ 2) ≥ threshold', the threshold chosen on validation as the
-    Evaluation page does (the highest that reaches ``target`` sensitivity, calibrated
-    probabilities), with sensitivity and specificity (95 % Wilson intervals), PPV and NPV on
-    every split. None without validation predictions holding both kinds of eye."""
-    scores = operating.load_scores(Path(run_dir))
-    val = scores.get("val")
-    if val is None:
-        return None
-    referable = val.labels >= metrics.REFERABLE_GRADE
-    if referable.all() or not referable.any():
-        return None
-    threshold = operating.threshold_for_sensitivity(val.labels, val.probs(temperature), target)
-    out: dict = {"threshold": threshold, "target_sensitivity": target, "chosen_on": "val", "temperature": temperature}
-    for split, s in scores.items():
-        op = metrics.operating_point(s.labels, s.probs(temperature), threshold)
+def referable_point(run_dir: Path) -> dict:
+    """The run's operating point (operating.of_run: the threshold every door applies) with, on
+    every split, its sensitivity and specificity (95 % Wilson intervals), PPV and NPV there."""
+    point = operating.of_run(Path(run_dir))
+    out: dict = point.to_dict()
+    temperature = float((runs.read_json(Path(run_dir) / "summary.json", {}) or {}).get("temperature") or 1.0)
+    for split, s in operating.load_scores(run_dir).items():
+        op = metrics.operating_point(s.labels, s.probs(temperature), point.threshold)
         op["sensitivity_ci"] = list(trust.wilson_interval(op["tp"], op["tp"] + op["fn"]))
         op["specificity_ci"] = list(trust.wilson_interval(op["tn"], op["tn"] + op["fp"]))
         out[split] = op
@@ -196,11 +188,8 @@ def _results_section(summary: dict, ci: dict) -> Section:
         Table(["grade", "test images", "recall", "precision", "F1"], per_grade)])
 
 
-def _operating_section(point: dict | None) -> Section:
+def _operating_section(point: dict) -> Section:
     title = "Referable DR (grade ≥ 2): operating point"
-    if point is None:
-        return Section(title, ["No threshold: the run has no validation predictions (predictions.csv) with both "
-                               "referable and non-referable eyes to choose one on."])
     rows = []
     for split, label in (("val", "this model, validation"), ("test", "this model, test")):
         op = point.get(split)
@@ -210,13 +199,50 @@ def _operating_section(point: dict | None) -> Section:
                          display.percent(op["ppv"]), display.percent(op["npv"]), f"{op['tp'] + op['fn'] + op['tn'] + op['fp']:,}"])
     for ref in operating.REFERENCE_POINTS:
         rows.append([ref.label, display.percent(ref.sensitivity), display.percent(ref.specificity), "–", "–", ref.source])
+    if point["reliable"]:
+        lead = (f"Refer when P(grade ≥ 2) ≥ **{point['threshold']:.3f}**: the highest threshold that reaches "
+                f"{point['target_sensitivity']:.0%} sensitivity on the validation split (calibrated probabilities), then "
+                "applied unchanged to test. Intervals are 95 % Wilson intervals.")
+    else:
+        chosen = point.get("chosen_threshold")
+        lead = (f"**No reliable operating point**: {point['why']}. The grader refers at the default threshold, "
+                f"P(grade ≥ 2) ≥ **{point['threshold']:.2f}** (the referable side more probable than not)"
+                + (f"; validation alone would have chosen {chosen:.3f}" if chosen is not None else "")
+                + ". The numbers below are at the default threshold; intervals are 95 % Wilson intervals.")
     return Section(title, [
-        f"Refer when P(grade ≥ 2) ≥ **{point['threshold']:.3f}**: the highest threshold that reaches "
-        f"{point['target_sensitivity']:.0%} sensitivity on the validation split (calibrated probabilities), then "
-        "applied unchanged to test. Intervals are 95 % Wilson intervals.",
-        Table(["", "sensitivity", "specificity", "PPV", "NPV", "images / source"], rows),
+        lead, Table(["", "sensitivity", "specificity", "PPV", "NPV", "images / source"], rows) if point.get("val") or
+        point.get("test") else "No validation or test logits in predictions.csv to measure it on.",
+        "The grade comes after the referral: the most probable grade on the referred side (2-4) or on the other "
+        "(0-1), so a grade and its referral never contradict each other.",
         "The published systems were measured on other populations, cameras and reference standards: "
         "context, not a like-for-like target."])
+
+
+EXAMPLES = 5  # test photos shown in "How it answers"
+
+
+def _examples_section(run_dir: Path, summary: dict, verdict: dict | None) -> Section:
+    """The first test photos answered by decision.decide, as the grader answers (no photo checks:
+    these are the run's own test photos)."""
+    point = operating.of_run(run_dir)
+    usable = trust.is_usable_verdict(verdict)
+    test = operating.load_scores(run_dir).get("test")
+    blocks: list = ["Every photo gets one answer: **graded** (a grade and a referral), **not graded** (it failed a "
+                    "photo check: field of view, retinal detail or its features; the reasons are given) or **no usable "
+                    "model**. Only a graded photo has a grade and a referral; what the model would say otherwise is "
+                    "kept apart (`would_say_*`)."]
+    if test is None:
+        return Section("How it answers", blocks + ["No test logits in predictions.csv to show examples from."])
+    probs = test.probs(float(summary.get("temperature") or 1.0))
+    rows = []
+    for k in range(min(EXAMPLES, len(test.labels))):
+        d = decision.decide(probs[k], None, point, usable)
+        answer = (f"grade {d.grade} · {d.grade_name}, {'refer' if d.refer else 'do not refer'}" if d.graded else
+                  f"{d.status}; would say {d.would_say_grade} · {d.would_say_grade_name} (not a grade)")
+        rows.append([test.names[k], f"{test.labels[k]} · {GRADE_NAMES[test.labels[k]]}",
+                     display.percent(d.referable_probability), answer])
+    return Section("How it answers", blocks + [f"The first {len(rows)} test photos:",
+                                               Table(["photo", "true grade", "P(grade ≥ 2)", "answer"], rows)])
 
 
 def _calibration_section(run_dir: Path, summary: dict) -> Section:
@@ -251,11 +277,12 @@ def _trust_section(verdict: dict | None, summary: dict) -> Section:
                       f"{100 * detector.get('quantile', 0.99):.0f}th percentile on the "
                       f"{_SPLITS.get(detector.get('calibrated_on'), '?')} split; "
                       f"it flags {display.percent(detector.get('test_flagged_share'))} of the test photos. A photo that fails "
-                      "it, or is not a round field of view on black, is reported as not graded.")
+                      "it, is not a round field of view on black or holds no retinal detail (a plain, shaded, blurred "
+                      "or noisy disc) is not graded.")
     return Section("How far to trust it", blocks)
 
 
-def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
+def _limitations(config: dict, summary: dict, verdict: dict | None, run_dir: Path) -> Section:
     t = summary.get("trained_on") or {}
     size = int(config.get("image_size") or 0)
     source = summary.get("data_name") or t.get("name") or "one data set"
@@ -269,8 +296,15 @@ def _limitations(config: dict, summary: dict, verdict: dict | None) -> Section:
                      f"first, and detail finer than (its side ÷ {size}) pixels is lost to the model.")
     items.append(f"**One data source.** Training, validation and test photos all come from {source}. Its numbers say "
                  "nothing about other cameras, clinics, ethnicities or ages.")
-    items.append("**No external validation.** It has not been tested on an independent data set, nor prospectively, "
-                 "nor against a clinical reference standard; the test split comes from the training source.")
+    found = external.elsewhere(run_dir)
+    if found:
+        items.append("**External evaluation** (`evaluate`, graded as every door grades: refused photos counted, not "
+                     "scored): " + "; ".join(external.sentence(r) for r in found) + ". Not prospective, and not "
+                     "against a clinical reference standard beyond those photos' labels.")
+    else:
+        items.append("**No external validation.** It has not been tested on an independent data set, nor "
+                     "prospectively, nor against a clinical reference standard; the test split comes from the "
+                     "training source (`python -m retino_core evaluate RUN --data DATA` measures it on other photos).")
     support = summary.get("test_support") or [0] * len(GRADE_NAMES)
     weak = [f"{GRADE_NAMES[g]} ({display.number(r, 2)})" for g, r in enumerate(summary.get("test_recall") or [])
             if r is not None and r < 0.5 and support[g]]
@@ -311,7 +345,7 @@ def build(run_dir: str | Path, export: dict | None = None) -> Card:
     if not summary:
         raise runs.RunError(f"run {run.run_id} has no summary.json: it has not finished, so there is nothing to describe")
     verdict = trust.of_summary(summary)
-    point = referable_point(run.path, float(summary.get("temperature") or 1.0))
+    point = referable_point(run.path)
     arch = "ResNet50" if run.arch == "resnet50" else "ResNet18" if run.arch == "resnet18" else run.arch
     t = summary.get("trained_on") or {}
     lead = [_verdict_notice(verdict),
@@ -327,13 +361,15 @@ def build(run_dir: str | Path, export: dict | None = None) -> Card:
         Section("Not intended use", [[
             "Diagnosis, or any screening decision without a qualified grader: it has not been validated clinically.",
             "Photographs from other cameras, clinics or populations until it has been validated on them; photos that "
-            "fail its field-of-view or feature check (the grader marks them as not graded).",
+            "fail its field-of-view, retinal-detail or feature check (the grader does not grade them).",
             "Other eye disease (glaucoma, macular degeneration, occlusions) or diabetic macular oedema: it knows only "
             "the five DR grades and will give such a photo one of them.",
-            "Deciding whether a photo is gradable: it does not judge image quality."]]),
+            "Grading image quality: it refuses photos with no retinal detail (plain, shaded, far too blurred or "
+            "noisy discs), but does not grade how good a photo is."]]),
         _data_section(config, summary), _recipe_section(config, summary), _results_section(summary, comparison.intervals(run)),
-        _operating_section(point), _calibration_section(run.path, summary), _trust_section(verdict, summary),
-        _limitations(config, summary, verdict)]
+        _operating_section(point), _examples_section(run.path, summary, verdict),
+        _calibration_section(run.path, summary), _trust_section(verdict, summary),
+        _limitations(config, summary, verdict, run.path)]
     if export:
         sections.append(_export_section(export))
     facts = {key: summary.get(key) for key in summary if key.startswith("test_") or key in ("temperature", "val_n")}

@@ -21,7 +21,7 @@ from .. import runs
 from ..config import NUM_CLASSES, TrainConfig
 from ..data.splits import DataSource
 from ..errors import CheckpointError, TrainingFailed, refused_load
-from ..judging import ood, stats, trust
+from ..judging import ood, operating, stats, trust
 from ..judging.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -185,6 +185,12 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     summary["test_acc_per_epoch"] = [r.get("test_acc") for r in epochs_done]
     summary.update(baseline)
     summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
+    # Whether every door grades with calibrated probabilities (not where the temperature made test
+    # NLL or ECE worse), and the referral threshold they apply, chosen on those probabilities.
+    check = operating.calibration_check(run_dir, summary["temperature"])
+    summary["grades_calibrated"] = check is None or bool(check["helps"])
+    temperature = summary["temperature"] if summary["grades_calibrated"] else 1.0
+    summary["operating_point"] = operating.of_scores(operating.load_scores(run_dir), temperature).to_dict()
     runs.write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -71,7 +71,8 @@ def test_upload_bytes_converted_and_graded(case: ImageCase, predictor: Predictor
     arr = np.asarray(img)
     assert arr.dtype == np.uint8 and arr.max() > 100  # the orange disc survived the conversion
     [pred] = predictor.predict([img])
-    assert 0 <= pred.grade <= 4 and abs(sum(pred.probabilities) - 1) < 1e-4
+    assert 0 <= pred.decision.would_say_grade <= 4 and abs(sum(pred.probabilities) - 1) < 1e-4
+    assert pred.decision.grade is None  # the session's run is no better than guessing: never a grade
 
 
 def test_sixteen_bit_png_keeps_its_brightness() -> None:
@@ -123,11 +124,11 @@ def test_cli_predict_in_process(case: ImageCase, finished_run: Path, tmp_path: P
     out, err = capsys.readouterr()
     assert_clean(out + err)
     [row] = [json.loads(line) for line in out.splitlines()]
-    assert row["image"] == str(path)
+    assert row["file"] == str(path)
     if case.expect == "refuse":
-        assert code == 1 and case.match.lower() in row["error"].lower()
+        assert code == 1 and case.match.lower() in row["error"].lower() and row["status"] == "unreadable"
     else:
-        assert code == 0 and row["grade"] in range(5)
+        assert code == 0 and row["would_say_grade"] in range(5) and row["error"] is None
 
 
 def test_cli_predict_subprocess_grades_the_good_and_names_the_bad(finished_run: Path, tmp_path: Path) -> None:
@@ -137,11 +138,11 @@ def test_cli_predict_subprocess_grades_the_good_and_names_the_bad(finished_run: 
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert_clean(proc.stdout + proc.stderr)
     assert proc.returncode == 1  # some images were refused
-    rows = {r["image"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    rows = {r["file"]: r for r in map(json.loads, proc.stdout.splitlines())}
     assert len(rows) == len(IMAGE_CASES)
     for case, path in zip(IMAGE_CASES, paths):
         row = rows[str(path)]
-        assert ("error" in row) == (case.expect == "refuse"), (case.name, row)
+        assert (row["error"] is not None) == (case.expect == "refuse"), (case.name, row)
 
 
 # ---------------------------------------------------------------- door: the Classify page
@@ -295,7 +296,7 @@ def test_labels_csv_with_bad_rows(tmp_path: Path) -> None:
     rows[4] = f"{names[3]},4.5"
     path = lab / "labels.csv"
     path.write_bytes(("\r\n".join(rows) + "\r\n\r\n").encode("utf-8-sig"))
-    with pytest.raises(DataError, match="row 4: '4.5'"):
+    with pytest.raises(DataError, match="line 5: '4.5'"):
         open_source(str(path))
 
 

@@ -51,12 +51,17 @@ def test_a_model_that_learned_nothing_says_so_at_every_door(tiny_npz, runs_dir, 
     assert json.loads(capsys.readouterr().out)[0]["trust"]["verdict"] == "no better than guessing"
 
     assert main(["predict", str(SAMPLE_IMAGE), "--run", run_dir.name, "--json"]) == 0
-    graded = json.loads(capsys.readouterr().out.strip())
-    assert graded["trust"]["verdict"] == "no better than guessing"
-    assert graded["warnings"][0].startswith("This model is no better than guessing") and reason in graded["warnings"][0]
-    assert isinstance(graded["ood_score"], float) and isinstance(graded["in_distribution"], bool)
+    out, err = capsys.readouterr()
+    answer = json.loads(out.strip())
+    assert answer["model_verdict"] == "no better than guessing"
+    assert answer["status"] in ("no usable model", "not graded")  # never a grade
+    assert answer["grade"] is None and answer["grade_name"] is None and answer["refer"] is None
+    assert isinstance(answer["would_say_grade"], int) and answer["warnings"] == []  # the verdict is said once, below
+    assert err.count("warning: This model is no better than guessing") == 1 and reason in err
+    assert isinstance(answer["ood_score"], float) and isinstance(answer["in_distribution"], bool)
     assert main(["predict", str(SAMPLE_IMAGE), "--run", run_dir.name]) == 0
-    assert "warning: This model is no better than guessing" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "warning: This model is no better than guessing" in err and "not graded" in out and "\tgrade " not in out
 
 
 def test_predict_json_of_a_usable_model_on_photos_like_and_unlike_its_training(usable_run, tmp_path, capsys):
@@ -68,12 +73,17 @@ def test_predict_json_of_a_usable_model_on_photos_like_and_unlike_its_training(u
     fundus_image(28, seed=7, grade=3, easy=True).save(eye)
     Image.new("RGB", (2000, 200), (200, 100, 50)).save(strip)
     assert main(["predict", str(eye), str(strip), "--run", str(usable_run), "--json"]) == 0
-    good, bad = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
-    assert good["trust"]["verdict"] == "usable" and good["warnings"] == [] and good["in_distribution"] is True
-    assert good["grade"] == 3 and good["ood_score"] <= good["ood_threshold"]
-    assert bad["in_distribution"] is False and "2000×200" in " ".join(bad["warnings"])
+    out, err = capsys.readouterr()
+    good, bad = (json.loads(line) for line in out.strip().splitlines())
+    assert good["model_verdict"] == "usable" and good["status"] == "graded" and good["in_distribution"] is True
+    assert (good["grade"], good["grade_name"], good["refer"]) == (3, "Severe", True) and good["reasons"] == []
+    assert good["threshold_from"] == "validation" and "warning" not in err
+    assert bad["status"] == "not graded" and bad["in_distribution"] is False and "2000×200" in " ".join(bad["reasons"])
+    assert bad["grade"] is None and bad["refer"] is None and bad["would_say_grade"] in range(5)
+    assert err.strip().splitlines()[-1] == "1 graded, 1 not graded (failed a photo check), 0 could not be read"
     assert main(["predict", str(strip), "--run", str(usable_run)]) == 0
-    assert "not graded: out of distribution" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not graded (failed a photo check); the model would say" in out and "  reason: It is a 2000×200" in out
 
 
 def test_train_with_bad_data_makes_no_run(tmp_path, runs_dir, capsys):
@@ -126,13 +136,13 @@ def test_sweep_queues_each_configuration_with_several_seeds(tiny_npz, runs_dir, 
 
 def test_predict_text_and_json(finished_run, capsys, tmp_path):
     assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run)]) == 0
-    assert "grade" in capsys.readouterr().out
+    assert "would say" in capsys.readouterr().out  # a model no better than guessing gives no grade
     assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run), "--json", "--tta"]) == 0
     out = json.loads(capsys.readouterr().out.strip())
-    assert out["grade_name"] in out["probabilities"]
-    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert out["grade"] is None and out["would_say_grade_name"] in ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+    assert sum(out[c] for c in ("p_no_dr", "p_mild", "p_moderate", "p_severe", "p_proliferative")) == pytest.approx(1.0, abs=1e-5)
     assert main(["predict", str(SAMPLE_IMAGE), "--run", str(finished_run), "--json", "--no-tta"]) == 0
-    assert json.loads(capsys.readouterr().out.strip())["grade_name"] in out["probabilities"]
+    assert json.loads(capsys.readouterr().out.strip())["file"] == str(SAMPLE_IMAGE)
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     assert main(["predict", str(bad), "--run", str(finished_run)]) == 1

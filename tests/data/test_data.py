@@ -7,7 +7,7 @@ import pytest
 
 from conftest import fundus_image, write_lab_folder
 from retino_core.errors import DataError
-from retino_core.data.splits import SplitDataset
+from retino_core.data.splits import DatasetInvalid, SplitDataset
 from retino_core.data.layouts import carve_split, load_csv, load_lab_folder, load_retinamnist, read_column
 from retino_core.data.sources import open_source
 from retino_core.data.patients import patient_of
@@ -65,7 +65,7 @@ def test_labels_outside_grades_are_refused(lab_folder, bad, match):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=match) as err:
         load_lab_folder(lab_folder)
-    assert "row 7" in str(err.value)
+    assert "line 7: " in str(err.value)
 
 
 def test_csv_length_mismatch_is_refused(lab_folder):
@@ -131,3 +131,55 @@ def test_carve_split_is_stratified_and_seeded():
     keep, val = carve_split(labels, names, 0.2, seed=3)
     assert len(val) == 20 and np.bincount(labels[val], minlength=5).tolist() == [4] * 5
     assert np.array_equal(val, carve_split(labels, names, 0.2, seed=3)[1])
+
+
+def test_labels_csv_problems_name_the_line_an_editor_shows(tmp_path):
+    """Header counted as line 1; blank lines (and spreadsheets' rows of empty values) are reported
+    with their own line numbers and do not shift the numbers of the rows after them."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(13):
+        fundus_image(40, seed=i, grade=i % 5).save(folder / f"{i}_left.png")
+    lines = ["image,level"] + [f"{i}_left,{i % 5}" for i in range(12)]  # line k + 2 holds image k
+    lines[4] = "3_left,7"  # a bad grade on line 5
+    lines.insert(3, "")  # line 4 blank: the bad grade moves to line 6
+    lines.insert(8, ",")  # line 9: a row of empty values
+    lines.insert(10, '"12_left",2,extra')  # line 11: one value too many
+    lines.append("5_left,0")  # listed twice: lines 8 and 17
+    lines.append("99_left,1")  # line 18: no such image
+    path = tmp_path / "labels.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8-sig"))  # trailing blank: no problem
+    with pytest.raises(DatasetInvalid) as raised:
+        load_csv(path, folder)
+    found = {p.kind: p for p in raised.value.report.problems}
+    assert "line 6: '7'" in found["labels that are not grades"].message
+    assert found["blank lines"].severity == "warning" and found["blank lines"].examples == ["line 4", "line 9"]
+    assert found["rows with more values than the header"].examples == ["line 11"]
+    assert found["names listed twice"].examples == ["5_left (lines 8, 17)"]
+    assert found["missing images"].examples == ["99_left (line 18)"]
+    assert len(raised.value.report.errors) == 4
+
+
+def test_headerless_and_headered_blank_lines_alike(tmp_path, lab_folder):
+    """The lab's headerless CSVs: a blank line is an error (the two files would fall out of step),
+    with its line number; a bad grade below it keeps its own line number."""
+    path = lab_folder / "train_label.csv"
+    values = path.read_text().splitlines()
+    values[2], values[6] = "", "9"
+    path.write_text("\n".join(values) + "\n")
+    with pytest.raises(DatasetInvalid) as raised:
+        load_lab_folder(lab_folder)
+    found = {p.kind: p for p in raised.value.report.problems}
+    assert found["blank lines"].severity == "error" and found["blank lines"].examples == ["line 3"]
+    assert "line 7: '9'" in found["labels that are not grades"].message
+    # A quoted name over two lines: the rows after it keep their editor line numbers.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(10):
+        fundus_image(40, seed=i, grade=i % 5).save(folder / f"{i}_left.png")
+    rows = ["image,level", '"0_left",0', '"a\nb",1'] + [f"{i}_left,{i % 5}" for i in range(2, 10)]
+    rows[5] = "4_left,x"  # line 7: the quoted name spans lines 3 and 4
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetInvalid) as raised:
+        load_csv(tmp_path / "labels.csv", folder)
+    assert "line 7: 'x'" in str(raised.value) and "a\nb (line 3)" in str(raised.value)

@@ -17,11 +17,11 @@ from retino_core.data.layouts import load_csv
 from retino_core.data.sources import open_source
 from retino_core.data.patients import patient_of
 from retino_core.data.patients import assign_patients, patient_rule
-from retino_core.data.duplicates import near_pairs
 from retino_core.data import problems
 from retino_core.data import patients
 from retino_core.data import integrity
 from retino_core.data import duplicates
+from retino_core.data.images import RETINAMNIST_NPZ
 
 
 def noise_image(seed: int, size: int = 48) -> Image.Image:
@@ -30,12 +30,22 @@ def noise_image(seed: int, size: int = 48) -> Image.Image:
     return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
 
 
+with np.load(RETINAMNIST_NPZ) as _npz:
+    PHOTOS = np.concatenate([_npz[f"{s}_images"] for s in ("train", "val", "test")])
+
+
+def real_photo(index: int, size: int = 64) -> Image.Image:
+    """RetinaMNIST photo ``index`` (a real DeepDRiD fundus photo), upsampled: 0-39 and 1000-1009
+    are distinct eyes (no near copies among them)."""
+    return Image.fromarray(PHOTOS[index]).resize((size, size), Image.Resampling.BICUBIC)
+
+
 def write_lab(root: Path, train: list[str], test: list[str]) -> Path:
-    """The lab layout with distinct images; grades 0-4 in turn."""
+    """The lab layout with distinct real photos (up to 40 in train, 10 in test); grades 0-4 in turn."""
     (root / "data").mkdir(parents=True)
     for split, names, offset in (("train", train, 0), ("test", test, 1000)):
         for i, name in enumerate(names):
-            noise_image(offset + i).save(root / "data" / f"{name}.png")
+            real_photo(offset + i).save(root / "data" / f"{name}.png")
         (root / f"{split}_img.csv").write_text("\n".join(names) + "\n")
         (root / f"{split}_label.csv").write_text("\n".join(str(i % 5) for i in range(len(names))) + "\n")
     return root
@@ -143,27 +153,50 @@ def test_a_straddling_patient_is_counted_in_the_lab_split(tmp_path, capsys):
 def test_duplicates_across_splits_fail_deep_unless_allowed(tmp_path, capsys):
     lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(20)], [f"{100 + i}_left" for i in range(5)])
     data = lab / "data"
-    (data / "102_left.png").write_bytes((data / "4_left.png").read_bytes())  # an exact copy
-    noise_image(7).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
+    (data / "102_left.png").write_bytes((data / "2_left.png").read_bytes())  # an exact copy, same grade
+    real_photo(3).resize((96, 96)).save(data / "103_left.jpg", quality=95)  # a resized, re-encoded copy
     (data / "103_left.png").unlink()
     code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", capsys=capsys)
     assert code == 2 and report["images"]["duplicates"]["identical_across_splits"] == 1
     kinds = {p["kind"]: p for p in report["problems"]}
     assert kinds["identical images in two splits"]["severity"] == "error"
-    assert "train/4_left = test/102_left" in kinds["identical images in two splits"]["message"]
-    assert "train/7_left ~ test/103_left" in kinds["near-identical images in two splits"]["message"]
+    assert "train/2_left = test/102_left" in kinds["identical images in two splits"]["message"]
+    assert "train/3_left ~ test/103_left" in kinds["near-identical images in two splits"]["message"]
     assert report["images"]["duplicates"]["near_across_splits"] == 1  # distinct pictures are not near
+    assert report["images"]["duplicates"]["label_conflicts"] == 0  # the copies have the same grades
     assert main(["validate", str(lab), "--deep", "--allow-duplicates", "--val-fraction", "0"]) == 0
-    assert "train/4_left = test/102_left" in capsys.readouterr().out
+    assert "train/2_left = test/102_left" in capsys.readouterr().out
     assert main(["validate", str(lab)]) == 0  # the header check does not hash
 
 
-def test_near_pairs_threshold():
-    a = "00" * 32
-    b = "07" + "00" * 31  # 3 bits apart
-    c = "ff" * 32
-    assert near_pairs([a, b, c], max_bits=3) == [(0, 1)]
-    assert near_pairs([a, b, c], max_bits=2) == []
+def test_the_same_photo_under_two_grades_is_a_label_conflict(tmp_path, capsys):
+    """Identical or near-identical photos with different grades: an error naming both photos,
+    both grades and the split(s), which --allow-duplicates does not silence; identical photos
+    with the same grade inside a split stay a warning."""
+    lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(20)], [f"{100 + i}_left" for i in range(5)])
+    data = lab / "data"
+    (data / "11_left.png").write_bytes((data / "4_left.png").read_bytes())  # grades 4 and 1, both in train
+    (data / "15_left.png").write_bytes((data / "10_left.png").read_bytes())  # grades 0 and 0: a plain copy
+    real_photo(6).resize((80, 80)).save(data / "104_left.jpg", quality=90)  # grade 1 ~ train/6_left, grade 1
+    real_photo(8).rotate(4).save(data / "103_left.jpg", quality=90)  # grade 3 ~ train/8_left turned, grade 3
+    (data / "104_left.png").unlink()
+    (data / "103_left.png").unlink()
+    labels = (lab / "test_label.csv").read_text().splitlines()
+    labels[4] = "2"  # 104_left: graded 2 in test, its near copy 6_left graded 1 in train
+    (lab / "test_label.csv").write_text("\n".join(labels) + "\n")
+    code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", "--allow-duplicates", capsys=capsys)
+    kinds = {p["kind"]: p for p in report["problems"]}
+    conflict = kinds["label conflicts"]
+    assert code == 2 and conflict["severity"] == "error" and conflict["count"] == 2
+    assert "train/4_left (grade 4) = train/11_left (grade 1) (both in train)" in conflict["message"]
+    assert "train/6_left (grade 1) ~ test/104_left (grade 2) (in train and test)" in conflict["message"]
+    assert kinds["identical images inside a split"]["examples"] == ["train/10_left = train/15_left"]
+    assert kinds["identical images inside a split"]["severity"] == "warning"
+    assert "8_left" not in conflict["message"]  # a near copy with the same grade is no conflict
+    assert report["images"]["duplicates"]["label_conflicts"] == 2
+    code, report = validate_json(str(lab), "--deep", "--val-fraction", "0", "--allow-duplicates",
+                                 "--allow-label-conflicts", capsys=capsys)
+    assert code == 0 and {p["kind"]: p for p in report["problems"]}["label conflicts"]["severity"] == "warning"
 
 
 # ---------------------------------------------------------------- every problem at once
@@ -188,12 +221,12 @@ def test_five_problems_in_one_dataset_reported_at_once(tmp_path, capsys):
                      ("unreadable images", "train"), ("unreadable images", "test")}
     assert main(["validate", str(lab), "--deep"]) == 2
     err = capsys.readouterr().err
-    for text in ("line(s) at 4", "row 9: '7'", "3_left", "test_label.csv has 5", "4_left.jpeg: the file is empty",
+    for text in ("line(s) at 4", "line 9: '7'", "3_left", "test_label.csv has 5", "4_left.jpeg: the file is empty",
                  "10001_right.jpeg: broken or truncated"):
         assert text in err, text
     with pytest.raises(DatasetInvalid) as raised:  # training refuses with the same report
         open_source(lab)
-    assert len(raised.value.report.errors) == 4 and "row 9: '7'" in str(raised.value)
+    assert len(raised.value.report.errors) == 4 and "line 9: '7'" in str(raised.value)
 
 
 def test_json_report_shape(tmp_path, capsys):
@@ -278,7 +311,7 @@ def test_overview_lists_every_problem_and_the_patients_found(tmp_path, runs_dir)
     at.button[0].click().run()
     assert not at.exception
     [error] = [e.value for e in at.error]
-    assert "3 errors" in error and "blank line(s) at 4" in error and "row 9: '7'" in error and "3_left" in error
+    assert "3 errors" in error and "blank line(s) at 4" in error and "line 9: '7'" in error and "3_left" in error
     good = write_lab(tmp_path / "good", [f"c0{i % 5}_Patient{i // 2:03d}_{'LR'[i % 2]}" for i in range(20)],
                      [f"c00_Patient{100 + i:03d}_L" for i in range(5)])
     at.text_input[0].set_value(str(good))
@@ -313,3 +346,14 @@ def test_a_run_keeps_its_patient_column_from_training_to_every_page(tmp_path, ru
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     by_name = source_of(make_config("cpu", data=str(csv)))  # without the column: one image, one patient
     assert [s.names for s in by_name.splits.values()] != [s.names for s in again.splits.values()]
+
+
+def test_label_conflicts_are_found_in_a_dataset_with_other_errors(tmp_path, capsys):
+    """A missing image does not stop the check of the images that are there, with their grades."""
+    lab = write_lab(tmp_path / "lab", [f"{i}_left" for i in range(10)], [f"{100 + i}_left" for i in range(5)])
+    (lab / "data" / "7_left.png").write_bytes((lab / "data" / "3_left.png").read_bytes())  # grades 2 and 3
+    (lab / "data" / "9_left.png").unlink()
+    code, report = validate_json(str(lab), "--deep", capsys=capsys)
+    kinds = {p["kind"]: p for p in report["problems"]}
+    assert code == 2 and "missing images" in kinds
+    assert "train/3_left (grade 3) = train/7_left (grade 2) (both in train)" in kinds["label conflicts"]["message"]

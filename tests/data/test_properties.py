@@ -66,7 +66,7 @@ def test_parse_grades_on_anything(values) -> None:
     try:
         grades = parse_grades(values, "labels.csv")
     except DataError as err:
-        assert "labels.csv" in str(err) and "row " in str(err)
+        assert "labels.csv" in str(err) and "line " in str(err)
         return
     assert grades.dtype == np.int64 and len(grades) == len(values)
     assert ((grades >= 0) & (grades <= 4)).all()
@@ -80,7 +80,7 @@ def test_one_bad_grade_is_reported_with_its_row(grades, bad, value) -> None:
     bad %= len(grades)
     values = [str(g) for g in grades]
     values[bad] = value
-    with pytest.raises(DataError, match=rf"row {bad + 1}: "):
+    with pytest.raises(DataError, match=rf"line {bad + 1}: "):
         parse_grades(values, "train_label.csv")
 
 

@@ -70,13 +70,15 @@ def test_every_file_gets_a_row_and_the_rows_match_single_predictions(usable_run,
     assert code == 1  # some files could not be read: the exit status says so, the CSV holds everything
     err = capsys.readouterr().err
     assert "100%" in err and "photo" in err  # the progress bar
-    assert "5 graded (" in err and "4 could not be read, 0 already in" in err
     rows = read_rows(out)
     assert [r["file"] for r in rows] == [f for f, _ in batch.expand_inputs([root, missing])]
     assert tuple(rows[0]) == batch.CSV_COLUMNS
+    statuses = [r["status"] for r in rows]
+    assert err.strip().splitlines()[-1] == (f"{statuses.count('graded')} graded, {statuses.count('not graded')} not graded "
+                                            f"(failed a photo check), 4 could not be read, 0 already in {out}")
     by_file = {r["file"]: r for r in rows}
     assert set(by_file) == set(expected) | {str(missing)}
-    assert "file not found" in by_file[str(missing)]["error"]
+    assert "file not found" in by_file[str(missing)]["error"] and by_file[str(missing)]["status"] == "unreadable"
     predictor = Predictor.from_run(usable_run)
     for file, want in expected.items():
         row = by_file[file]
@@ -88,14 +90,18 @@ def test_every_file_gets_a_row_and_the_rows_match_single_predictions(usable_run,
         [pred] = predictor.predict_files([file])
         probs = [float(row[c]) for c in batch.PROBABILITY_COLUMNS]
         assert np.allclose(probs, pred.probabilities, atol=2e-6)
-        assert int(row["grade"]) == pred.grade and row["grade_name"] == pred.grade_name
+        d = pred.decision
+        assert row["status"] == d.status and row["grade"] == ("" if d.grade is None else str(d.grade))
+        assert row["refer"] == ("" if d.refer is None else str(d.refer)) and row["grade_name"] == (d.grade_name or "")
+        assert row["would_say_grade"] == str(d.would_say_grade) and row["reasons"] == " | ".join(d.reasons)
         assert float(row["referable_probability"]) == pytest.approx(sum(pred.probabilities[2:]), abs=2e-6)
-        assert row["refer"] in ("True", "False")
         assert row["in_distribution"] == str(pred.check.in_distribution)
         assert float(row["ood_score"]) == pytest.approx(pred.check.ood_score, abs=0.01)
-        assert row["warnings"] == batch.WARNING_SEPARATOR.join(pred.check.warnings)
+        assert row["threshold_from"] == "validation" and float(row["threshold"]) == pytest.approx(d.threshold, abs=1e-6)
+        assert "thumbnail" not in row["warnings"]  # said once for the batch, if at all
     strip = by_file[str(root / "clinic" / "strip.png")]
-    assert strip["in_distribution"] == "False" and "2000×200" in strip["warnings"]
+    assert strip["status"] == "not graded" and strip["grade"] == strip["refer"] == strip["grade_name"] == ""
+    assert strip["in_distribution"] == "False" and "2000×200" in strip["reasons"] and strip["would_say_grade"] != ""
     assert by_file[str(root / "a.png")]["grade"] == "2" and by_file[str(root / "a.png")]["refer"] == "True"
 
 
@@ -117,7 +123,8 @@ def test_resume_grades_only_what_is_missing(usable_run, photo_folder, tmp_path, 
     rows = read_rows(out)
     assert rows[:3] == first
     assert sorted(r["file"] for r in rows) == sorted(expected)  # one row per file, none twice, none lost
-    assert next(r for r in rows if r["file"].endswith("c.png"))["grade_name"] == "Proliferative"
+    c_row = next(r for r in rows if r["file"].endswith("c.png"))
+    assert max(batch.PROBABILITY_COLUMNS, key=lambda col: float(c_row[col])) == "p_proliferative"
     assert main(["predict", str(root), "--run", str(usable_run), "--out", str(out), "--resume", "--quiet"]) == 0
     assert len(read_rows(out)) == len(expected)  # nothing left to do: nothing added
 
@@ -136,15 +143,18 @@ def test_resume_grades_only_what_is_missing(usable_run, photo_folder, tmp_path, 
 def test_folder_to_json_lines_and_text(finished_run, photo_folder, capsys) -> None:
     root, expected = photo_folder
     assert main(["predict", str(root), "--run", str(finished_run), "--json", "--batch-size", "4"]) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert sorted(line["image"] for line in lines) == sorted(expected)
-    good = [line for line in lines if "error" not in line]
-    assert len(good) == 5 and all(line["trust"]["verdict"] == "no better than guessing" for line in good)
-    assert all(line["warnings"][0].startswith("This model is no better than guessing") for line in good)
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(line["file"] for line in lines) == sorted(expected)
+    good = [line for line in lines if line["error"] is None]
+    assert len(good) == 5 and all(line["model_verdict"] == "no better than guessing" for line in good)
+    assert all(line["grade"] is None and line["refer"] is None and line["status"] != "graded" for line in good)
+    assert err.count("warning: This model is no better than guessing") == 1  # once, not on every photo
+    assert not any(w.startswith("This model") for line in good for w in line["warnings"])
     assert main(["predict", str(root / "clinic"), "--run", str(finished_run)]) == 1
     out, err = capsys.readouterr()
     assert "warning: This model is no better than guessing" in err and "broken or truncated" in err
-    assert len(out.strip().splitlines()) >= 3 and "not graded: out of distribution" in out
+    assert len(out.strip().splitlines()) >= 3 and "not graded" in out and "\tgrade " not in out
 
 
 class FailsOnStrips:

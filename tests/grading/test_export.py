@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image, ImageDraw
+
 from conftest import fundus_image, jpeg_bytes
 from retino_core.grading import batch
 from retino_core.judging import metrics
@@ -30,6 +32,7 @@ from retino_core.judging import operating
 from retino_core.judging import ood
 from retino_core.grading import standalone
 from retino_core.grading import export
+from retino_core.judging.decision import referral_first
 
 TOLERANCE = 1e-4
 
@@ -85,6 +88,8 @@ def resnet50_run(usable_run: Path, tmp_path_factory) -> Path:
     save_checkpoint(ck, path)
     config = runs.read_json(run_dir / "config.json")
     runs.write_json(run_dir / "config.json", {**config, "arch": "resnet50", "preprocess": "crop"})
+    summary = runs.read_json(run_dir / "summary.json")  # graded with its temperature, as a run it helped
+    runs.write_json(run_dir / "summary.json", {**summary, "temperature": 1.5, "grades_calibrated": True})
     return run_dir
 
 
@@ -102,7 +107,7 @@ def test_onnx_matches_predictor_on_the_test_split(onnx_export: Path, guessing_ru
     assert graph_input.name == "images" and graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert dims[1:] == [32, 32, 3] and isinstance(dims[0], str)  # any batch size
-    assert pre["outputs"] == ["probabilities", "referable_probability", "ood_score"]
+    assert pre["outputs"] == ["probabilities", "referable_probability", "would_say_refer", "would_say_grade", "ood_score"]
 
     predictor = Predictor.from_run(guessing_run)
     images = split_images(guessing_run)
@@ -111,8 +116,12 @@ def test_onnx_matches_predictor_on_the_test_split(onnx_export: Path, guessing_ru
     assert np.abs(got["probabilities"] - want).max() <= TOLERANCE
     assert np.allclose(got["referable_probability"], want[:, 2:].sum(1), atol=TOLERANCE)
     assert np.allclose(got["ood_score"], [c.ood_score for c in checks], rtol=1e-3)
+    threshold = pre["referable"]["threshold"]
+    for k, p in enumerate(want):  # the graph's referral-first answer is decision.referral_first's
+        assert (bool(got["would_say_refer"][k]), int(got["would_say_grade"][k])) == referral_first(p, threshold)
     assert pre["verified"]["images"] == len(images) and pre["verified"]["on"] == "test-split"
     assert pre["verified"]["max_abs_diff"] <= TOLERANCE and pre["verified"]["passed"]
+    assert pre["verified"]["decisions_differ"] == 0
     for n in (1, 5):  # the batch dimension is dynamic
         assert exported_outputs("onnx", onnx_export, images[:n], pre)["probabilities"].shape == (n, 5)
 
@@ -124,18 +133,30 @@ def test_preprocessing_json_says_what_a_user_must_know(onnx_export: Path, guessi
     assert pre["image_size"] == 32 and pre["input"]["dtype"] == "uint8" and pre["input"]["layout"] == "NHWC"
     assert pre["mean"] == ck["preprocessing"]["mean"] and pre["std"] == ck["preprocessing"]["std"]
     assert pre["crop"] == "none" and "BILINEAR" in pre["resize"]
-    assert pre["temperature"] == pytest.approx(ck["temperature"]) and pre["flip_averaging"] is True
+    assert pre["fitted_temperature"] == pytest.approx(ck["temperature"]) and pre["flip_averaging"] is True
+    # The temperature inside the graph is the one every door grades with (none where it did not help).
+    assert pre["calibrated"] is operating.grades_calibrated(guessing_run)
+    assert pre["temperature"] == pytest.approx(ck["temperature"] if pre["calibrated"] else 1.0)
     assert pre["grade_names"] == ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
     assert pre["trust"]["verdict"] == "no better than guessing" == summary["trust"]["verdict"]
     assert pre["trust"]["reasons"] == summary["trust"]["reasons"]
     assert pre["ood"]["threshold"] == pytest.approx(float(ck["ood"]["threshold"]))
-    # The threshold is the Evaluation page's: from predictions.csv, calibrated, 90 % sensitivity on validation.
+    # Validation's choice is the Evaluation page's (predictions.csv, the probabilities the run grades
+    # with, 90 % sensitivity), but
+    # 16 validation photos cannot support it: the run's operating point says so and the default is in force.
     preds = runs.read_predictions(guessing_run)
     val = preds[preds["split"] == "val"]
-    probs = metrics.softmax(val[[f"logit{c}" for c in range(5)]].to_numpy(), ck["temperature"])
+    probs = metrics.softmax(val[[f"logit{c}" for c in range(5)]].to_numpy(), pre["temperature"])
     threshold = operating.threshold_for_sensitivity(val["label"].to_numpy(), probs, 0.90)
-    assert pre["referable"]["threshold"] == pytest.approx(threshold) and pre["referable"]["chosen_on"] == "val"
-    assert set(pre["referable"]["grades"]) == {2, 3, 4}
+    referable = pre["referable"]
+    assert referable["chosen_threshold"] == pytest.approx(threshold) and referable["chosen_on"] == "val"
+    assert referable["reliable"] is False and referable["threshold"] == 0.5 == referable["default_threshold"]
+    assert referable["threshold_from"] == "default" and "at least 30 of each" in referable["why"]
+    assert referable["says"].startswith("No reliable operating point") and referable == {
+        **operating.of_run(guessing_run).to_dict(), **{k: referable[k] for k in ("grades", "rule", "chosen_on",
+                                                                                  "default_threshold", "says")}}
+    assert set(referable["grades"]) == {2, 3, 4} and pre["decision"]["statuses"] == ["graded", "not graded",
+                                                                                      "no usable model"]
     assert {p.name for p in onnx_export.iterdir()} == {"model.onnx", "preprocessing.json", "predict_onnx.py",
                                                        "model_card.md", "model_card.html"}
     assert (onnx_export / "predict_onnx.py").stat().st_mode & 0o111  # runnable
@@ -232,7 +253,7 @@ def test_predict_onnx_needs_neither_torch_nor_retino(onnx_export: Path, guessing
     proc = run_standalone(onnx_export, [str(mixed_folder), str(tmp_path / "missing.png"), "--out", str(out)], tmp_path)
     assert proc.returncode == 1, proc.stderr  # 1: some files could not be read, all are in the CSV
     assert proc.stderr.strip().splitlines()[-1] == "imported:[]"
-    assert "warning: this model is no better than guessing" in proc.stderr
+    assert "warning: This model is no better than guessing" in proc.stderr
     with open(out, newline="") as fh:
         rows = {r["file"]: r for r in csv.DictReader(fh)}
     files = [f for f, _ in batch.expand_inputs([mixed_folder, tmp_path / "missing.png"])]
@@ -240,24 +261,28 @@ def test_predict_onnx_needs_neither_torch_nor_retino(onnx_export: Path, guessing
     errors = {Path(f).name: r["error"] for f, r in rows.items() if r["error"]}
     assert set(errors) == {"broken.jpg", "readme.md", "heic.heic", "missing.png"}
     assert "HEIC" in errors["heic.heic"] and "file not found" in errors["missing.png"]
-    # The same numbers as the app's predictor on the same files (decoding, resize and checks included).
+    # The same numbers and answers as the app's predictor on the same files (decoding, resize and checks included).
     predictor = Predictor.from_run(guessing_run)
     good = [f for f, r in rows.items() if not r["error"]]
     for pred in predictor.predict_files(good):
         row = rows[pred.name]
         got = [float(row[c]) for c in batch.PROBABILITY_COLUMNS]
         assert np.abs(np.array(got) - pred.probabilities).max() <= TOLERANCE
-        assert row["grade"] == str(pred.grade) and row["in_distribution"] == str(pred.check.in_distribution)
+        assert row["status"] == pred.decision.status != "graded"  # a model no better than guessing never grades
+        assert row["grade"] == row["refer"] == "" and row["would_say_grade"] == str(pred.decision.would_say_grade)
+        assert row["in_distribution"] == str(pred.check.in_distribution)
         assert float(row["ood_score"]) == pytest.approx(pred.check.ood_score, rel=1e-3)
         assert row["model_verdict"] == "no better than guessing"
 
     # --resume: nothing graded twice; JSON lines without --out.
     again = run_standalone(onnx_export, [str(mixed_folder), "--out", str(out), "--resume"], tmp_path)
-    assert again.returncode == 0 and "0 graded, 0 could not be read, 7 already in" in again.stderr
+    assert again.returncode == 0
+    assert "0 graded, 0 not graded (failed a photo check), 0 could not be read, 7 already in" in again.stderr
     lines = run_standalone(onnx_export, [str(mixed_folder / "a.png")], tmp_path)
     assert lines.returncode == 0
     row = json.loads(lines.stdout)
-    assert row["grade"] == int(rows[str(mixed_folder / "a.png")]["grade"]) and row["error"] is None
+    assert row["grade"] is None and row["error"] is None
+    assert row["would_say_grade"] == int(rows[str(mixed_folder / "a.png")]["would_say_grade"])
 
 
 def test_predict_onnx_names_nothing_it_does_not_define(tmp_path: Path) -> None:
@@ -288,10 +313,55 @@ def test_predict_onnx_of_a_usable_model_does_not_warn(resnet50_run: Path, tmp_pa
     assert "warning" not in proc.stderr and json.loads(proc.stdout)["model_verdict"] == "usable"
 
 
+def test_every_door_gives_a_refused_photo_no_grade(usable_run: Path, tmp_path: Path, capsys) -> None:
+    """predict --json, predict --out and predict_onnx.py (JSON lines and CSV) give the same answers:
+    a photo like the training ones graded, with a grade and referral that agree; a plain disc and
+    a strip not graded, with null / empty grade, grade name and referral, and the reasons."""
+    run_dir = copy_run(usable_run, tmp_path)
+    folder = export.export_run(run_dir, "onnx", tmp_path / "grader", verify_images=8)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    fundus_image(28, seed=7, grade=3, easy=True).save(photos / "eye.png")
+    disc = Image.new("RGB", (300, 300))
+    ImageDraw.Draw(disc).ellipse((10, 10, 290, 290), fill=(220, 110, 40))  # the issue's plain orange disc
+    disc.save(photos / "disc.png")
+    Image.new("RGB", (2000, 200), (200, 100, 50)).save(photos / "strip.png")
+    files = sorted(str(p) for p in photos.iterdir())
+
+    assert main(["predict", *files, "--run", str(run_dir), "--json"]) == 0
+    app = {row["file"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["predict", *files, "--run", str(run_dir), "--out", str(tmp_path / "app.csv"), "--quiet"]) == 0
+    proc = run_standalone(folder, files, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    standalone_json = {row["file"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    proc = run_standalone(folder, [*files, "--out", str(tmp_path / "onnx.csv")], tmp_path)
+    assert proc.returncode == 0 and "1 graded, 2 not graded (failed a photo check), 0 could not be read" in proc.stderr
+    for path in ("app.csv", "onnx.csv"):
+        with open(tmp_path / path, newline="") as fh:
+            rows = {r["file"]: r for r in csv.DictReader(fh)}
+        for file in files:
+            for answers in (app, standalone_json):
+                want = answers[file]
+                assert rows[file]["status"] == want["status"]
+                assert rows[file]["grade"] == ("" if want["grade"] is None else str(want["grade"]))
+                assert rows[file]["refer"] == ("" if want["refer"] is None else str(want["refer"]))
+    eye, plain, strip = (app[str(photos / n)] for n in ("eye.png", "disc.png", "strip.png"))
+    assert eye["status"] == "graded" and (eye["grade"] >= 2) == eye["refer"] and eye["grade_name"]
+    for refused in (plain, strip):
+        assert refused["status"] == "not graded" and refused["reasons"]
+        assert refused["grade"] is None and refused["grade_name"] is None and refused["refer"] is None
+        assert (refused["would_say_grade"] >= 2) == refused["would_say_refer"]
+    assert any("no retinal detail" in r for r in plain["reasons"]) and "2000×200" in strip["reasons"][0]
+    for file in files:  # the app's answer and the exported grader's are one
+        a, b = app[file], standalone_json[file]
+        assert {k: a[k] for k in ("status", "grade", "refer", "reasons", "would_say_grade")} == \
+               {k: b[k] for k in ("status", "grade", "refer", "reasons", "would_say_grade")}
+
+
 # ---------------------------------------------------------------- the model card
 
 SECTIONS = ("Intended use", "Not intended use", "Data", "Recipe", "Test results",
-            "Referable DR (grade ≥ 2): operating point", "Calibration", "How far to trust it", "Limitations")
+            "Referable DR (grade ≥ 2): operating point", "How it answers", "Calibration", "How far to trust it", "Limitations")
 
 
 def test_model_card_sections_and_numbers(guessing_run: Path) -> None:
@@ -320,8 +390,10 @@ def test_model_card_sections_and_numbers(guessing_run: Path) -> None:
     for split in ("val", "test"):
         assert f"| {display.number(summary[f'{split}_ece'], 4)} | {display.number(summary[f'{split}_ece_calibrated'], 4)} | " \
                f"{display.number(summary[f'{split}_loss'], 4)} |" in md
-    point = modelcard.referable_point(guessing_run, summary["temperature"])
-    assert f"≥ **{point['threshold']:.3f}**" in md
+    point = modelcard.referable_point(guessing_run)
+    assert "**No reliable operating point**: the validation split has" in md and "≥ **0.50**" in md
+    assert f"validation alone would have chosen {point['chosen_threshold']:.3f}" in md
+    assert "| photo | true grade | P(grade ≥ 2) | answer |" in md and "no usable model; would say" in md
     assert f"| this model, test | {display.percent(point['test']['sensitivity'])} (" in md
     for ref in operating.REFERENCE_POINTS:
         assert f"| {ref.label} | {display.percent(ref.sensitivity)} | {display.percent(ref.specificity)} |" in md
@@ -345,8 +417,9 @@ def test_model_card_of_a_run_without_logits(runs_dir: Path) -> None:
     run_dir = write_run(runs_dir, skill=0, logits=False)  # an older predictions.csv: probabilities, no logits
     md = modelcard.to_markdown(modelcard.build(run_dir))
     # Log-probabilities stand in for the logits: every temperature scales both to the same probabilities.
-    point = modelcard.referable_point(run_dir, 1.3)
-    assert point is not None and f"≥ **{point['threshold']:.3f}**" in md
+    point = modelcard.referable_point(run_dir)
+    assert "val" in point and "test" in point  # chosen on the log-probabilities of both splits
+    assert (f"≥ **{point['threshold']:.3f}**" if point["reliable"] else point["why"]) in md
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == list(SECTIONS)
 
 

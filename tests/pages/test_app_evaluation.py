@@ -32,6 +32,9 @@ def test_real_run_operating_point_follows_the_slider(runs_dir, finished_run):
     labels = {m.label: m.value for m in at.metric}
     assert {"sensitivity", "specificity", "PPV", "NPV", "referable-DR AUC"} <= labels.keys()
     assert len(at.get("plotly_chart")) >= 2
+    # 16 validation photos cannot support a threshold: the page says so and starts from the default.
+    assert any(w.value.startswith("No reliable operating point: the validation split has") for w in at.warning)
+    assert at.slider(key="eval_threshold").value == 0.5
     at.slider(key="eval_threshold").set_value(0.0).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["sensitivity"] == "100.0%"

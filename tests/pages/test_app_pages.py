@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixtures import APP, open_page, texts, write_four, write_run
 import numpy as np
-from PIL import Image
+import pandas as pd
+from PIL import Image, ImageDraw
 
 from conftest import fundus_image, jpeg_bytes, png_bytes
 from retino_core.training import launch
@@ -331,9 +332,23 @@ def test_classify_grades_an_upload_with_grad_cam(good_run: Path) -> None:
         return heat["opacity"]
 
     assert cam_opacity() == 0.5
-    assert "Grad-CAM for No DR (layer1, 8×8 cells" in texts(at)  # a 32 px run: layer2 would be 4×4
+    # The title names the grade explained; a 32 px run reads layer1 (layer2 would be 4×4).
+    assert "Grad-CAM for 0 · No DR: where this model found evidence for that grade (layer1, 8×8 cells" in texts(at)
     at.slider(key="cam_opacity").set_value(0.8).run()
     assert cam_opacity() == 0.8
+    assert "Refer: **no**" in texts(at) and "chosen on validation" in texts(at)
+
+
+def test_classify_says_a_flat_grad_cam_shows_nothing(good_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retino_core.grading.predictor import Predictor
+
+    monkeypatch.setattr(Predictor, "grad_cam", lambda self, image, target=None, mask=True:
+                        np.zeros((image.height, image.width)))  # what a map with no positive evidence gives
+    at = open_page("classify")
+    at.file_uploader[0].set_value(("eye.jpg", easy_eye(), "image/jpeg")).run()
+    assert not at.exception
+    assert "Grad-CAM for 0 · No DR: no region stands out for this grade" in texts(at)
+    assert not [c for c in at.get("plotly_chart") if "Grad-CAM" in c.proto.spec]  # no colour bar for nothing
 
 
 def test_classify_refuses_to_grade_with_a_model_that_learned_nothing(real_run: Path) -> None:
@@ -344,7 +359,8 @@ def test_classify_refuses_to_grade_with_a_model_that_learned_nothing(real_run: P
     assert "None of the chosen models is usable" in at.error[0].value
     assert "no better than guessing" in at.error[0].value
     assert not any("predicted grade" in m.label for m in at.metric)
-    assert "would say" in texts(at)
+    assert "would say" in texts(at) and "not a grade" in texts(at)
+    assert [e.label for e in at.expander] == ["What the models that are not usable would say (not a grade)"]
 
 
 def test_classify_leaves_a_model_that_is_not_usable_out_of_the_ensemble(good_run: Path, real_run: Path) -> None:
@@ -356,8 +372,12 @@ def test_classify_leaves_a_model_that_is_not_usable_out_of_the_ensemble(good_run
     assert not at.exception
     assert "Left out of the ensemble" in at.warning[0].value and real_run.name.split("-")[-1] in at.warning[0].value
     assert any(m.label.startswith(f"{'resnet18 / scratch'}") and "predicted grade" in m.label for m in at.metric)
+    # Showing what the other model would say never lets it vote, speak in large type or agree.
     at.toggle(key="include_all").set_value(True).run()
-    assert any(m.label.startswith("Ensemble of 2 models") for m in at.metric)
+    assert not at.exception
+    assert not any(m.label.startswith("Ensemble") for m in at.metric)
+    assert len(at.metric) == 1 and not at.success  # one grade (the usable model's), no agreement badge
+    assert "would say" in texts(at) and "not a grade" in texts(at)
 
 
 def test_classify_does_not_grade_what_is_not_a_fundus_photo(good_run: Path) -> None:
@@ -373,11 +393,15 @@ def test_classify_does_not_grade_what_is_not_a_fundus_photo(good_run: Path) -> N
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["in_distribution"]) == [False, False, True]
-    assert table["status"][0].startswith("not graded") and table["status"][2] == "graded"
-    assert "close to square" in table["warnings"][1]
+    assert list(table["status"]) == ["not graded", "not graded", "graded"]
+    assert table["grade"].isna().tolist() == [True, True, False] and table["refer"].isna().tolist() == [True, True, False]
+    assert pd.isna(table["grade_name"][0]) and table["would_say_grade"].notna().all()
+    assert "close to square" in table["reasons"][1] and ". " in table["reasons"][0]  # separate sentences
+    assert "1 graded, 2 not graded (failed a photo check)" in texts(at)
     at.selectbox[0].set_value(0).run()
-    assert "does not look like the photos the model was trained on" in at.warning[0].value
+    assert at.warning[0].value.startswith("**Not graded.** ")
     assert not any("predicted grade" in m.label for m in at.metric)
+    assert "thumbnail" not in texts(at)  # nothing is said about how a photo that is not graded is graded
 
 
 def test_classify_says_which_upload_is_not_an_image(good_run: Path) -> None:
@@ -403,17 +427,64 @@ def test_classify_several_images_gives_a_table(good_run: Path) -> None:
 
 
 def test_classify_ensembles_several_models(good_run: Path, runs_dir: Path) -> None:
-    twin = shutil.copytree(good_run, runs_dir / f"{good_run.name}-twin")
+    """Two usable models (the same weights, the twin's probabilities softened by a temperature of 4):
+    the ensemble's bars are the mean of theirs, and they agree."""
+    import torch
+
+    from retino_core.training.recorder import save_checkpoint
+
+    twin = Path(shutil.copytree(good_run, runs_dir / f"{good_run.name}-twin"))
+    ck = torch.load(runs.checkpoint_path(twin), map_location="cpu", weights_only=True)
+    ck["temperature"] = 4.0  # the easy run's own is near 0.05: its probabilities are all but 0 and 1
+    save_checkpoint(ck, runs.checkpoint_path(twin))
+    runs.write_json(twin / "summary.json", {**runs.read_json(twin / "summary.json"), "temperature": 4.0})
     at = open_page("classify")
     at.multiselect[0].set_value([good_run.name, twin.name])
-    at.file_uploader[0].set_value(("eye.jpg", easy_eye(3), "image/jpeg"))
+    at.file_uploader[0].set_value(("eye.jpg", easy_eye(1, seed=5), "image/jpeg"))
     at.toggle(key="tta").set_value(True)
     at.toggle(key="grad_cam").set_value(False)
     at.run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert [m.value for m in at.metric if m.label.startswith("Ensemble of 2 models: predicted grade")] == ["1 · Mild"]
+    assert "The models agree" in at.success[0].value
+    charts = [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")]
+    assert len(charts) == 3  # the ensemble's bars and each model's
+    def values(x) -> np.ndarray:  # plotly sends numpy arrays base64-encoded
+        return np.frombuffer(__import__("base64").b64decode(x["bdata"]), x["dtype"]) if isinstance(x, dict) else np.array(x)
+
+    ensemble, first, second = (values(chart[0]["x"]) for chart in charts)
+    assert np.abs(first - second).max() > 0.01  # two different answers ...
+    assert np.allclose(ensemble, (first + second) / 2, atol=1e-6)  # ... averaged
+
+
+def test_classify_table_and_csv_leave_a_refused_photo_ungraded(good_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    kept: list = []
+
+    class Kept(MemoryMediaFileStorage):  # keeps the files a run serves, to read the CSV download
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kept.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Kept)
+    disc = Image.new("RGB", (300, 300))
+    ImageDraw.Draw(disc).ellipse((10, 10, 290, 290), fill=(220, 110, 40))  # a plain orange disc on black
+    at = open_page("classify")
+    at.toggle(key="grad_cam").set_value(False)
+    at.file_uploader[0].set_value([("disc.png", png_bytes(disc), "image/png"), ("eye.jpg", easy_eye(4, seed=2), "image/jpeg")])
+    at.run()
     assert not at.exception
-    assert any(m.label.startswith("Ensemble") for m in at.metric)
-    assert "The models agree" in at.success[0].value  # the same weights twice
-    assert len(at.get("plotly_chart")) == 3  # the ensemble's bars and each model's
+    url = at.get("download_button")[0].proto.url
+    csv_text = kept[-1].get_file(url.rsplit("/", 1)[1]).content.decode()
+    rows = {r["image"]: r for r in __import__("csv").DictReader(io.StringIO(csv_text))}
+    assert rows["disc.png"]["status"] == "not graded" and "no retinal detail" in rows["disc.png"]["reasons"]
+    assert rows["disc.png"]["grade"] == rows["disc.png"]["grade_name"] == rows["disc.png"]["refer"] == ""
+    assert rows["disc.png"]["would_say_grade"] != ""
+    eye = rows["eye.jpg"]
+    assert eye["status"] == "graded" and (int(eye["grade"]) >= 2) == (eye["refer"] == "True")
+    assert set(rows["eye.jpg"]) >= {"threshold", "threshold_from", "p_no_dr", "would_say_refer"}
 
 
 def test_live_of_a_real_run(real_run: Path) -> None:
@@ -466,6 +537,12 @@ def test_compare_and_report_say_why_a_configuration_failed(runs_dir: Path) -> No
 
 def test_results_of_a_model_without_mistakes_still_offers_the_card_and_export(good_run: Path) -> None:
     """The default cell of a perfect model's matrix is empty: the page goes on past the gallery."""
+    summary = runs.read_json(good_run / "summary.json")
+    for split in ("val", "test"):  # the usable run made perfect: every photo on the diagonal
+        summary[f"{split}_confusion"] = np.diag(np.sum(summary[f"{split}_confusion"], axis=1)).tolist()
+    runs.write_json(good_run / "summary.json", summary)
+    preds = runs.read_predictions(good_run)
+    preds.assign(pred=preds["label"]).to_csv(good_run / "predictions.csv", index=False)
     at = open_page("results")
     assert "Click another square" in at.info[0].value
     assert "Take this grader out" in [h.value for h in at.subheader]

@@ -15,7 +15,7 @@ import pytest
 from app_fixtures import open_page, texts, write_run_at as run_at
 from test_app_pages import easy_eye
 from retino_core import runs
-from retino_core.judging import champions
+from retino_core.judging import champions, operating
 from retino_core.report import display, lab
 
 R18 = "resnet18 / scratch"
@@ -132,20 +132,25 @@ def test_classify_starts_from_the_champion_and_says_why(good_and_newer_smoke) ->
     at = open_page("classify")
     assert at.multiselect[0].value == [good.name]  # not the newer smoke run
     assert f"{R18}: {display.short_label(runs.load_run(good))} (the only usable run of 2 finished)" in texts(at)
-    assert at.toggle(key="calibrated").value is True  # the temperature improved the test probabilities
-    assert "fitted on 60 validation images, improves the test probabilities: NLL " in texts(at)
+    note = operating.calibration_check(good, runs.load_run(good).summary.get("temperature"))
+    n_val = len(runs.read_predictions(good).query("split == 'val'"))
+    assert note["sentence"] in texts(at) and f"fitted on {n_val} validation images" in note["sentence"]
+    # Classify grades as every door does: calibrated only where the temperature helped on test.
+    assert ("Every door grades this model with its own, uncalibrated" in texts(at)) is (not note["helps"])
 
 
 def test_a_temperature_that_does_not_help_is_said_and_off_by_default(runs_dir: Path, usable_run: Path) -> None:
     run = Path(shutil.copytree(usable_run, runs_dir / usable_run.name))
     summary = json.loads((run / "summary.json").read_text())
-    runs.write_json(run / "summary.json", {**summary, "temperature": 8.0})  # far too soft
+    summary = {k: v for k, v in summary.items() if k not in ("grades_calibrated", "operating_point")}
+    runs.write_json(run / "summary.json", {**summary, "temperature": 8.0})  # far too soft, judged afresh
     classify = open_page("classify")
     classify.file_uploader[0].set_value(("eye.jpg", easy_eye(), "image/jpeg"))
     classify.toggle(key="grad_cam").set_value(False)
     classify.run()
-    assert classify.toggle(key="calibrated").value is False
-    assert "does not improve the test NLL and ECE" in texts(classify) and "off at first" in texts(classify)
+    assert "does not improve the test NLL and ECE" in texts(classify)
+    assert "Every door grades this model with its own, uncalibrated probabilities" in texts(classify)
+    assert not operating.grades_calibrated(run)  # so predict, batch grading and the export do too
     evaluation = open_page("evaluation")
     assert evaluation.toggle(key=f"eval_calibrated_{run.name}").value is False
     assert any("does not improve the test NLL and ECE" in w.value for w in evaluation.warning)

@@ -184,8 +184,19 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
     page.locator("input[type=file]").set_input_files([str(eye)])
     expect(page.get_by_text("predicted grade").first).to_be_visible()
     expect(page.get_by_text("2 · Moderate").first).to_be_visible()
-    expect(page.get_by_text("Grad-CAM for Moderate").first).to_be_visible()
+    expect(page.get_by_text("Grad-CAM for 2 · Moderate").first).to_be_visible()
     screenshot(page, "classify")
+    # The model that learned nothing, added with the switch on: it never votes, never speaks in
+    # large type and never "agrees"; what it would say is shown apart, as not a grade.
+    page.get_by_text("Show what models that are not usable would say").click()
+    page.locator("[data-testid=stMultiSelect]").first.click()
+    page.get_by_role("option", name=re.compile("no better than guessing")).click()
+    page.keyboard.press("Escape")
+    expect(page.get_by_text("Left out of the ensemble and shown greyed").first).to_be_visible()
+    expect(page.get_by_text("What the models that are not usable would say (not a grade)")).to_be_visible()
+    expect(page.get_by_text(re.compile("Ensemble of 2 models"))).to_have_count(0)
+    expect(page.get_by_text("The models agree")).to_have_count(0)
+    screenshot(page, "classify-with-a-model-that-is-not-usable")
 
     open_page(page, f"{url}/compare", "Compare")
     expect(page.get_by_text("Test accuracy", exact=True)).to_be_visible()

@@ -3,6 +3,7 @@ baseline labels that cannot cover a curve, the parallel-coordinates view."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from retino_core.report import figures
@@ -59,3 +60,16 @@ def test_a_long_run_is_thinned_to_a_few_hundred_points_keeping_the_last():
     fig = figures.loss_figure({"run": rows})
     assert len(fig.data[0].y) <= figures.MAX_STEP_POINTS + 1 and fig.data[0].y[-1] == rows[-1]["train_loss"]
     assert figures.thin(rows[:10], 600) == rows[:10]
+
+
+def test_a_flat_grad_cam_shows_no_region() -> None:
+    from retino_core.report.figures import FLAT_CAM, cam_stands_out
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:35, 5:35] = True
+    assert not cam_stands_out(np.zeros((40, 40)), mask)  # nothing positive at all
+    assert not cam_stands_out(np.full((40, 40), 0.8) + 0.01 * np.random.default_rng(0).random((40, 40)), mask)
+    peaked = np.zeros((40, 40))
+    peaked[10:20, 10:20] = 1.0
+    assert cam_stands_out(peaked, mask)
+    assert FLAT_CAM == "no region stands out for this grade"
