@@ -12,6 +12,7 @@ Layout::
         summary.json     final test metrics of the checkpoint chosen on validation
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
         predictions.csv  per validation and test image: label, prediction, probabilities, logits
+        train.log        the trainer's output (stdout and stderr), written when the queue starts it
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)
         export/<format>/ an exported grader (``python -m retino_core export``)
         checkpoints/best.pt, checkpoints/last.pt

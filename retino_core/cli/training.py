@@ -39,6 +39,14 @@ def add_parsers(sub) -> None:
                    help="set the runs folder's number of slots (default: one per GPU, or 1)")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("calibrate", help="measure this machine's training speed for duration estimates (seconds)")
+    p.add_argument("--arch", choices=ARCHS, default="resnet18")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--runs-dir", type=Path, help="where the result is kept (.speed.json)")
+    p.set_defaults(func=cmd_calibrate)
+
     # Parsed by bench/throughput.py itself (main() hands it the arguments); listed for --help.
     sub.add_parser("bench", help="training images/s: the lab's loop vs this trainer vs the model alone "
                                  "(options: bench --help)")
@@ -210,6 +218,17 @@ def cmd_worker(args) -> int:
     from ..training import launch
 
     launch.worker(args.runs_dir, parallel=args.parallel)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from ..training import calibrate
+
+    cfg = make_config(args.preset, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size)
+    found = calibrate.calibrate(cfg.to_dict(), args.runs_dir)
+    print(f"{found['arch']} at {found['image_size']} px, batch {found['batch_size']} on {found['device']} "
+          f"({found['threads']} threads): {found['train_images_per_s']:,.0f} training images/s, "
+          f"{found['eval_images_per_s']:,.0f} evaluation images/s")
     return 0
 
 

@@ -23,7 +23,7 @@ from .trainer import fit
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Interrupted(f"stopped by signal {signum}")
+    raise Interrupted(f"stopped from outside (signal {signal.Signals(signum).name})")
 
 
 def _one_line(err: BaseException) -> str:
