@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
@@ -111,11 +111,17 @@ def create_run_dir(name: str = "", runs_dir: Path | None = None) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and ``os.replace``: readers never see half."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temp file in the same folder, synced, then ``os.replace``d onto
+    ``path``: readers never see half (for writers that stream, like ``torch.save``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
