@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4, help="epochs a run; the first is not counted")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--runs-dir", type=Path, help="where the run folders go (default: a temp folder)")
+    p.add_argument("--runs-dir", type=Path, help="where the run folders go, kept (default: a temp folder, removed at the end)")
     p.add_argument("--out", type=Path, help="folder for checkpoints.md and checkpoints.json")
     return p
 
@@ -140,10 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="retino-ckpt-"))
     t0 = time.perf_counter()
     results = []
-    for rep in range(args.repeats):
-        for mode in MODES:
-            print(f"repeat {rep + 1}: last.pt {mode}", file=sys.stderr)
-            results.append(one_run(args, mode, runs_dir))
+    try:
+        for rep in range(args.repeats):
+            for mode in MODES:
+                print(f"repeat {rep + 1}: last.pt {mode}", file=sys.stderr)
+                results.append(one_run(args, mode, runs_dir))
+    finally:
+        if args.runs_dir is None:  # the runs' checkpoints, about 0.2 GB each
+            shutil.rmtree(runs_dir, ignore_errors=True)
     res = {"command": " ".join(["python bench/checkpoints.py", *argv]), "arch": args.arch, "epochs": args.epochs,
            "repeats": args.repeats, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "torch": torch.__version__, "runs": results, "summary": summarise(results),

@@ -24,7 +24,8 @@ For each arch, on one device, in one process:
    final evaluation, the out-of-distribution fit and the bootstrap.
 3. The lab's four-configuration sweep (10 epochs of 28,100 training and 7,026 test images)
    extrapolated from 1 and 2: which figures are measured and which extrapolated is written out.
-Writes throughput.json and throughput.md to --out (default $OUT when set).
+Writes throughput.json and throughput.md to --out (default $OUT when set); the report opens with
+the README's table (a row per arch, the same columns on a CPU and a GPU).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import argparse
 import gc
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ from bench.fundus import make_lab_folder, writer_processes  # noqa: E402,F401 - 
 from retino_core import runs  # noqa: E402
 from retino_core.config import ARCHS, PRESETS, make_config  # noqa: E402
 from retino_core.data.sources import open_source  # noqa: E402
+from retino_core.errors import DataError  # noqa: E402
 from retino_core.judging import ood  # noqa: E402
 
 # The lab report's sweep: four configurations, 10 epochs each, on 28,100 + 7,026 images at 512 px.
@@ -57,30 +60,43 @@ GOAL_B_OVER_C, GOAL_SWEEP_MIN = 0.85, 12.0
 KINDS = ("lab", "trainer_lab", "trainer", "model")
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: at least {low}")
+        return value
+    return parse
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m retino_core bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    p.add_argument("--image-size", type=int, help="pixels (default 512 on CUDA, 64 on CPU)")
+    p.add_argument("--image-size", type=_at_least(32), help="pixels (default 512 on CUDA, 64 on CPU)")
     p.add_argument("--preset", choices=("cpu", "fast"), help="the trainer's recipe (default fast on CUDA, cpu on CPU)")
-    p.add_argument("--batch-size", type=int, help="the trainer's batch (default the preset's, 64); "
+    p.add_argument("--batch-size", type=_at_least(1), help="the trainer's batch (default the preset's, 64); "
                                                   "the steady state is also measured at the lab's 8")
-    p.add_argument("--steps", type=int, help="timed steps at --batch-size; batch 8 times as many images "
+    p.add_argument("--steps", type=_at_least(1), help="timed steps at --batch-size; batch 8 times as many images "
                                              "(default 20 on CUDA, 6 on CPU)")
-    p.add_argument("--warmup", type=int, help="warm-up steps before each timing (default 10 on CUDA, 3 on CPU)")
-    p.add_argument("--repeats", type=int, help="interleaved repeats of the steady state, the best reported "
+    p.add_argument("--warmup", type=_at_least(0), help="warm-up steps before each timing (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--repeats", type=_at_least(1), help="interleaved repeats of the steady state, the best reported "
                                                "(default 1 on CUDA, 3 on CPU)")
-    p.add_argument("--epochs", type=int, default=2, help="end-to-end epochs; the first is also reported apart")
-    p.add_argument("--epoch-steps", type=int, default=0, help="cap the end-to-end epochs (default: whole epochs)")
-    p.add_argument("--train-images", type=int, help="generated training images (default 3,000 on CUDA, 1,200 "
+    p.add_argument("--epochs", type=_at_least(1), default=2, help="end-to-end epochs; the first is also reported apart")
+    p.add_argument("--epoch-steps", type=_at_least(0), default=0, help="cap the end-to-end epochs (default: whole epochs)")
+    p.add_argument("--train-images", type=_at_least(20), help="generated training images (default 3,000 on CUDA, 1,200 "
                                                     "on CPU: 1,080 + 120 validation, RetinaMNIST's sizes)")
-    p.add_argument("--test-images", type=int, help="generated test images (default 750 on CUDA, 400 on CPU)")
+    p.add_argument("--test-images", type=_at_least(5), help="generated test images (default 750 on CUDA, 400 on CPU)")
     p.add_argument("--data", help="a lab folder to read instead of generated JPEGs")
     p.add_argument("--workers", type=int, default=-1, help="trainer DataLoader workers (-1: the trainer's choice)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the trainer's recipe and the model alone (default: the preset's choice)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--workdir", type=Path, help="where generated images and run folders go (default: a temp folder)")
+    p.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workdir", type=Path, help="where generated images and run folders go, kept "
+                   "(default: a temp folder, removed at the end)")
     p.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
                    help="folder for throughput.json and throughput.md")
     return p
@@ -234,7 +250,7 @@ def markdown(res: dict) -> str:
         f"`{a['preset']}` preset, batch {a['batch_size']} · load average (1 min): {_f(res['load_start'], '.1f')} "
         f"at the start, {_f(min(loads, default=None), '.1f')}–{_f(max(loads, default=None), '.1f')} during, "
         f"{_f(res.get('load_end'), '.1f')} at the end · {_f(res.get('wall_s', 0) / 60, '.1f')} min in all",
-        "", f"Command: `{res['command']}`", "",
+        "", f"Command: `{res['command']}`", "", *summary_lines(res), "",
         f"## Steady state (measured): training images/s after {a['warmup']} warm-up steps, "
         f"the best of {a['repeats']} interleaved repeat{'s' if a['repeats'] > 1 else ''}", "",
         "| arch | batch | lab loop | trainer, lab recipe | trainer ÷ lab | trainer, "
@@ -256,6 +272,35 @@ def markdown(res: dict) -> str:
     for arch, err in res.get("errors", {}).items():
         lines.append(f"\n{arch}: FAILED: {err}")
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(res: dict) -> list[str]:
+    """The README's throughput table: a row per arch, the same columns on a CPU and a GPU."""
+    a = res["args"]
+    b, p = a["batch_size"], a["preset"]
+    cpu = res["device"] == "cpu"
+    n = res["torch_threads"]
+    machine = f"{res['cpus']}-core CPU, {n} thread{'s' if n != 1 else ''}" if cpu else res["device_name"]
+    lines = ["## Summary (the README's table)", "",
+             f"| machine | arch | px | batch {LAB_BATCH}: lab loop · trainer, lab recipe · ÷ "
+             f"| batch {b}: lab loop · trainer, lab recipe · ÷ | batch {b}: trainer, `{p}` recipe · model alone · ÷ "
+             "| end to end: epoch s (checkpoints s) | sweep, extrapolated: lab loop h · trainer min | load average |",
+             "|---|---|---:|---|---|---|---|---|---|"]
+    for arch, r in res["archs"].items():
+        s = {k: v["train_img_s"] for k, v in r["steady"].items()}
+        cells = []
+        for x, y, ratio in ((f"lab@{LAB_BATCH}", f"trainer_lab@{LAB_BATCH}", f"trainer_over_lab@{LAB_BATCH}"),
+                            (f"lab@{b}", f"trainer_lab@{b}", f"trainer_over_lab@{b}"),
+                            (f"trainer@{b}", f"model@{b}", f"trainer_over_model@{b}")):
+            cells.append(f"{_f(s.get(x), ',.1f')} · {_f(s.get(y), ',.1f')} · {_f(r[ratio], '.2f')}×")
+        m = r["end_to_end"]["steady_epoch"]
+        loads = [x for v in r["steady"].values() for x in v["load_average"] if x is not None]
+        loads += [x for x in r["end_to_end"]["load_average"] if x is not None]
+        lines.append(f"| {machine} | {arch} | {a['image_size']} | {' | '.join(cells)} "
+                     f"| {m['wall_s']:.1f} ({m['checkpoint_main_s']:.2f}) "
+                     f"| {r['sweep']['lab_hours']:.2f} · {r['sweep']['trainer_minutes']:.1f} "
+                     f"| {_f(min(loads, default=None), '.1f')}–{_f(max(loads, default=None), '.1f')} |")
+    return lines
 
 
 def _load_range(steady: dict, batch: int) -> str:
@@ -378,7 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     _defaults(args, device.type == "cuda")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="retino-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, argv, device, work)
+    finally:
+        if args.workdir is None:  # its images and run folders (checkpoints of 0.2-0.5 GB) go too
+            shutil.rmtree(work, ignore_errors=True)
 
+
+def run(args, argv: list[str], device: torch.device, work: Path) -> int:
+    """Measure every arch of ``args`` in ``work``; print the report, write it to --out."""
     t0 = time.perf_counter()
     res = {"command": " ".join(["python -m retino_core bench", *argv]), "load_start": timing.load_average(),
            "device": device.type, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
@@ -397,7 +450,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['generated']['seconds']:.1f} s", file=sys.stderr)
     else:
         res["data"] = f"images of the lab folder {data.name}"
-    source = open_source(data, 0.1, 0)
+    try:
+        source = open_source(data, 0.1, 0)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     res["splits"] = {k: len(s) for k, s in source.splits.items()}
     for arch in args.archs:
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from retino_core.cli import main
 from retino_core.data.images import load_image
 
@@ -36,10 +38,29 @@ def test_bench_through_the_cli_writes_jpegs_in_processes_and_every_table(tmp_pat
     assert r["sweep"]["trainer_minutes"] > 0 and r["sweep"]["lab_hours"] > 0
     assert res["sweep"]["complete"] is False  # one arch of two: no claim about the whole sweep
     report = (out / "throughput.md").read_text()
-    for heading in ("## Steady state", "## Where a batch-8 step goes", "## End to end", "## The lab's four"):
+    for heading in ("## Summary (the README's table)", "## Steady state", "## Where a batch-8 step goes",
+                    "## End to end", "## The lab's four"):
         assert heading in report
     assert "| resnet18 | 16 |" in report and "load average" in report
+    assert f"| {res['cpus']}-core CPU, 1 thread | resnet18 | 32 |" in report  # the README's row
     assert str(tmp_path) not in json.dumps({k: v for k, v in res.items() if k != "command"})
     # The generated photos are real JPEGs in the lab layout.
     some = next((tmp_path / "fundus32" / "data").glob("*.jpeg"))
     assert load_image(some).size == (32, 32)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "argument --batch-size: 0 is too small: at least 1"),
+    (["--steps", "many"], "argument --steps: 'many' is not a whole number"),
+    (["--image-size", "16"], "argument --image-size: 16 is too small: at least 32"),
+])
+def test_bad_options_are_named_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--device", "cpu", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_data_folder_that_is_not_one_is_an_error_without_a_traceback(tmp_path, capsys):
+    assert main(["bench", "--device", "cpu", "--data", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data ") and "lab folder" in err and "Traceback" not in err
