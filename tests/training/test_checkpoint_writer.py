@@ -4,7 +4,6 @@ of the epoch it names, an interrupted trainer leaves it complete, a failed write
 from __future__ import annotations
 
 import threading
-import zipfile
 
 import pytest
 import torch
@@ -108,23 +107,3 @@ def test_an_interrupt_while_last_pt_is_written_leaves_it_whole_and_resume_is_exa
     assert resumed["test_acc"] == pytest.approx(reference["test_acc"])
     assert resumed["test_confusion"] == reference["test_confusion"]
     assert resumed["test_loss"] == pytest.approx(reference["test_loss"])
-
-
-def test_a_checkpoint_without_zip_crcs_loads_exactly_and_other_saves_keep_them(tmp_path):
-    serialization = pytest.importorskip("torch.utils.serialization")
-    if not hasattr(serialization.config.save, "compute_crc32"):
-        pytest.skip("this torch always writes the CRCs")
-    model = torch.nn.Conv2d(3, 8, 3)
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.ones(1, 3, 8, 8)).sum().backward()
-    opt.step()
-    obj = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}
-    recorder.save_checkpoint(obj, tmp_path / "last.pt")
-    ck = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert ck["epoch"] == 3 and all(torch.equal(ck["model"][k], v) for k, v in model.state_dict().items())
-    assert torch.equal(ck["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
-    # The CRCs were left out of this file only: a plain torch.save afterwards still writes them.
-    assert zipfile.ZipFile(tmp_path / "last.pt").testzip() is not None
-    assert serialization.config.save.compute_crc32 is True
-    torch.save(obj, tmp_path / "plain.pt")
-    assert zipfile.ZipFile(tmp_path / "plain.pt").testzip() is None
