@@ -95,7 +95,7 @@ def test_metrics_are_read_incrementally_and_a_partial_line_waits(tmp_path, monke
     with real_open(path, "a") as fh:
         fh.write('ep", "step": 3}\n')
     assert [r["step"] for r in runs.read_jsonl(path)] == [1, 2, 3]
-    runs.atomic_write_bytes(path, b'{"kind": "resume", "step": 0}\n')  # rewritten on resume
+    runs.atomic_write(path, b'{"kind": "resume", "step": 0}\n')  # rewritten on resume
     assert [r["step"] for r in runs.read_jsonl(path)] == [0]
     path.unlink()
     assert runs.read_jsonl(path) == []

@@ -233,11 +233,17 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    """Run bench/throughput.py of this checkout with ``argv``."""
-    import runpy
+    """Run bench/throughput.py of this checkout with ``argv``.
+
+    Imported by its name (``bench.throughput``), as the script itself imports its parts, so
+    the processes it starts (JPEG writers, DataLoader workers) can find every function.
+    """
+    import importlib
 
     script = runs.PROJECT_ROOT / "bench" / "throughput.py"
     if not script.is_file():
         print(f"error: {script} not found; the benchmark runs from a checkout of the project", file=sys.stderr)
         return EXIT_USAGE
-    return int(runpy.run_path(str(script), run_name="retino_bench")["main"](argv) or 0)
+    if str(runs.PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(runs.PROJECT_ROOT))
+    return int(importlib.import_module("bench.throughput").main(argv) or 0)

@@ -149,7 +149,7 @@ def write_torchscript(graph: GraderGraph, image_size: int, path: Path) -> None:
         traced = torch.jit.trace(graph, _example(image_size), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
-    runs.atomic_write_bytes(path, buf.getvalue())
+    runs.atomic_write(path, buf.getvalue())
 
 
 def load_runner(fmt: str, path: Path, names: list[str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -279,7 +279,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: Path | None = None, runs
                           f"{checked['decisions_differ']} referrals or grades (allowed 0); files left in {out}")
     files = [FORMATS[fmt], PREPROCESSING, modelcard.CARD_MD, modelcard.CARD_HTML]
     if fmt == "onnx":
-        runs.atomic_write_bytes(out / SCRIPT, standalone_script().encode("utf-8"))
+        runs.atomic_write(out / SCRIPT, standalone_script().encode("utf-8"))
         files.append(SCRIPT)
     info = {"format": fmt, "file": FORMATS[fmt], "input": f"{INPUT}: uint8 [batch, {predictor.image_size}, "
             f"{predictor.image_size}, 3] RGB", "outputs": graph.outputs, "verified": checked, "files": files}

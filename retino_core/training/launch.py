@@ -484,7 +484,7 @@ def start_again(run_id: str, runs_dir: Path | None = None, start_worker: bool = 
     run = runs.load_run(path)
     if not can_start_again(run):
         raise runs.RunError(f"run {run_id!r} is {run.state}" + ("; resume it instead" if can_resume(run) else ""))
-    runs.atomic_write_bytes(path / "metrics.jsonl", b"")
+    runs.atomic_write(path / "metrics.jsonl", b"")
     runs.write_status(path, "queued", resume=False, error=None, progress={}, stopped_by=None,
                       queued_ts=_queued_ts(base, first), **_NOT_STARTED)
     if start_worker:

@@ -48,7 +48,7 @@ def _retry_smaller_batch(cfg: TrainConfig, run_dir: Path, rec: "Recorder", notes
     runs.write_json(run_dir / "config.json",
                     {**(runs.read_json(run_dir / "config.json", {}) or {}), "batch_size": smaller})
     if not runs.checkpoint_path(run_dir, "last").exists():
-        runs.atomic_write_bytes(rec.metrics, b"")
+        runs.atomic_write(rec.metrics, b"")
     rec.status("running", notes=list(notes))
     return cfg.replace(batch_size=smaller)
 

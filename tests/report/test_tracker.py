@@ -101,7 +101,7 @@ def speed_run(runs_dir: Path, arch: str, size: int, images_per_s: float) -> None
     for row in rows:
         if row["kind"] == "epoch":
             row.update(train_images=int(images_per_s * 10), train_seconds=10.0, val_n=100, test_n=100, eval_seconds=1.0)
-    runs.atomic_write_bytes(run / "metrics.jsonl", b"")
+    runs.atomic_write(run / "metrics.jsonl", b"")
     runs.append_jsonl(run / "metrics.jsonl", rows)
     runs.write_json(run / "config.json", {**runs.read_json(run / "config.json"), "image_size": size})
 
