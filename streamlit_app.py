@@ -1,8 +1,12 @@
 """retino: train, watch, read and compare diabetic-retinopathy graders. ``streamlit run streamlit_app.py``"""
 
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="retino", page_icon=":material/visibility:", layout="wide")
+# The icon is served by this app: a Material icon or an emoji would be fetched from the internet.
+st.set_page_config(page_title="retino", page_icon=str(Path(__file__).parent / "retino_core/assets/favicon.png"),
+                   layout="wide")
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -17,5 +21,5 @@ page = st.navigation([
 # straight from pages/ (its legacy mode). Such a page comes here first, then goes back.
 st.session_state.app = True
 if "return_to" in st.session_state:
-    st.switch_page(st.session_state.pop("return_to"))
+    st.switch_page(st.session_state.pop("return_to"), query_params=st.session_state.pop("return_params", None))
 page.run()

@@ -189,7 +189,7 @@ def report(folder: Path, out: Path) -> list[str]:
                   f"(best: {' + '.join(top['runs'])}, ACC {top['acc']:.3f}). "
                   f"Best single run: {max(r['auc'] for r in rows):.3f}."]
     out.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_bytes(out / "ceiling.md", ("\n".join(lines) + "\n").encode())
+    runs.atomic_write(out / "ceiling.md", ("\n".join(lines) + "\n").encode())
     runs.write_json(out / "ceiling.json", {"runs": rows, "ensembles": ens})
     return lines
 

@@ -9,7 +9,9 @@ and a step that would not fit in what is left of --budget is skipped:
 2. parity    the GPU data path on the device against the CPU (nvJPEG against libjpeg decode,
              the evaluation transform, augmentation), and the host synchronisations counted
              in a training epoch through it (torch.cuda.set_sync_debug_mode)
-3. bench     bench/throughput.py, ResNet18 and ResNet50 at 512 px -> throughput.json / .md
+3. bench     bench/throughput.py, ResNet18 and ResNet50 at 512 px: the lab loop against the trainer
+             at batch 8 and 64, the model alone, the trainer end to end itemised, the sweep
+             extrapolated -> throughput.json / .md
 4. train     the CLI, ``fast`` preset, 2 epochs on the same generated 512 px JPEGs; run folder checked
 5. parallel  bench/parallel.py: the four-configuration sweep on RetinaMNIST, one run at a time
              against one per GPU (two sharing the GPU on a one-GPU machine) -> parallel.md
@@ -30,7 +32,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from retino_core.data import gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,8 +69,9 @@ def step_parity(args) -> dict:
     import numpy as np
     import torch
 
-    from bench.throughput import make_lab_folder
+    from bench.fundus import make_lab_folder
     from retino_core.config import make_config
+    from retino_core.data import gpu
     from retino_core.data.sources import open_source
     from retino_core.models.builders import build_model
     from retino_core.training.recipe import build_loss, build_optimizer, lr_factor
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     me += ["--tiny"] if tiny else []
     bench = [py, "bench/throughput.py", "--device", args.device, "--image-size", str(size), "--workdir",
              str(args.work / "bench"), "--out", str(args.out)]
-    bench += ["--steps", "2", "--archs", "resnet18", "--batch-size", "4", "--workers", "0", "--threads", "1"] if tiny else []
+    bench += ["--steps", "2", "--archs", "resnet18", "--batch-size", "4", "--workers", "0", "--threads", "1",
+              "--warmup", "1", "--repeats", "1", "--train-images", "64", "--test-images", "16"] if tiny else []
     data = args.work / "bench" / f"fundus{size}"  # written by the bench step
     train = [py, "-m", "retino_core", "train", "--data", str(data), "--preset", "fast", "--arch", "resnet18",
              "--epochs", "2", "--device", args.device, "--image-size", str(size),
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = {
         "env": (me + ["--step", "env"], 60, 5),
         "parity": (me + ["--step", "parity"], 120, 20),
-        "bench": (bench, 330, 120),
+        "bench": (bench, 420, 120),
         "train": (train, 150, 60),
         "parallel": (parallel, 240, 90),
         "torchrun": (torchrun, 120, 30),
@@ -257,6 +260,20 @@ def _check_run(run_dir: Path) -> dict:
     return out
 
 
+def _bench_note(res: dict) -> str:
+    """The throughput benchmark's headline ratios, for the step table."""
+    parts = []
+    for arch, r in res.get("archs", {}).items():
+        ratios = [f"trainer/lab {r[k]:.2f}x at {k.rsplit('@', 1)[1]}" for k in r if k.startswith("trainer_over_lab@")
+                  and r[k] is not None]
+        ratios += [f"trainer/model {r[k]:.2f} at {k.rsplit('@', 1)[1]}" for k in r
+                   if k.startswith("trainer_over_model@") and r[k] is not None]
+        parts.append(f"{arch}: {', '.join(ratios)}")
+    if res.get("sweep"):
+        parts.append(f"sweep {res['sweep']['trainer_minutes']:.1f} min (lab loop {res['sweep']['lab_hours']:.1f} h)")
+    return "; ".join(parts)
+
+
 def _write(out: Path, report: dict, t0: float) -> None:
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
@@ -271,6 +288,8 @@ def _write(out: Path, report: dict, t0: float) -> None:
             note = (f"decode mean/max {r['decode_mean_abs_levels']:.2f}/{r['decode_max_abs_levels']:.0f} levels; "
                     f"eval max {r['eval_transform_max_abs']:.3f}; host syncs in {r['epoch_steps']} steps: "
                     f"{r['host_syncs_in_epoch']}")
+        if name == "bench" and (out / "throughput.json").is_file():
+            note = _bench_note(json.loads((out / "throughput.json").read_text()))
         if name in ("train", "torchrun") and r:
             note = f"epochs {r.get('epochs')}, train img/s {r.get('train_img_s')}, complete {r.get('complete')}"
         lines.append(f"| {name} | {e.get('state', 'running')} | {e.get('seconds', '')} | {note} |")

@@ -2,7 +2,13 @@
 soon a metric written by a running trainer shows on the Live page. Prints the figures.
 
     .venv/bin/python bench/pages_bench.py [--repeats 5] [--samples 10] [--no-browser]
+    .venv/bin/python bench/pages_bench.py --first-opens [--repeats 5]
     .venv/bin/python bench/pages_bench.py --server [--seconds 60] [--watchers config auto]
+
+``--first-opens`` prints the README's page-time table: for each page, a server started for it
+alone, the page opened first (the libraries it needs load then), then opened again ``--repeats``
+times, each a new session; and the CPU seconds of the page's first script run in a fresh process,
+the server's share, which other work on the machine changes less than the wall times.
 
 Two measures of a page: the server's script run (AppTest, warm) and what a user waits for in
 headless Chromium against ``streamlit run`` (navigation until the script has finished and every
@@ -13,6 +19,7 @@ one real tiny run (so Classify has a model) and 19 synthetic ones of 30 epochs e
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import random
 import statistics
@@ -21,17 +28,18 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from app_fixtures import write_run  # noqa: E402
 from appserver import start_app, stop_app  # noqa: E402
 from retino_core import runs  # noqa: E402
+from retino_core.training import launch  # noqa: E402
 
 # Each page and the charts it draws with this registry.
-PAGES = {"overview": 1, "train": 0, "live": 2, "results": 1, "classify": 0, "compare": 3}
+PAGES = {"overview": 1, "train": 0, "live": 2, "results": 1, "classify": 0, "compare": 3, "evaluation": 2}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -40,6 +48,8 @@ LIVE_STEPS = 1000
 
 def make_registry(runs_dir: Path) -> Path:
     """20 runs: 1 real, 16 done, 1 running (this process), 1 queued, 1 failed. Returns the running one."""
+    from app_fixtures import write_run  # here, not at the top: --page-cpu's child must not preload what it times
+
     subprocess.run([sys.executable, "-m", "retino_core", "train", "--data", "retinamnist", "--epochs", "1",
                     "--image-size", "32", "--batch-size", "16", "--max-steps-per-epoch", "3", "--num-workers", "0",
                     "--runs-dir", str(runs_dir), "--name", "bench-real", "--quiet"],
@@ -151,6 +161,93 @@ def bench_browser(runs_dir: Path, running: Path, repeats: int, samples: int, log
     return first, loads, latencies
 
 
+def bench_first_opens(runs_dir: Path, repeats: int, logs: Path) -> dict[str, tuple[float, list[float]]]:
+    """Per page: a fresh server, the page opened first after its start, then ``repeats`` more opens."""
+    from playwright.sync_api import sync_playwright
+
+    found = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name, charts in PAGES.items():
+            with open(logs / f"{name}.log", "wb") as log_file:
+                server, url = start_app(runs_dir, log_file, 90)
+                try:
+                    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    target = url if name == "overview" else f"{url}/{name}"
+                    first = page_load(tab, target, charts)
+                    found[name] = first, [page_load(tab, target, charts) for _ in range(repeats)]
+                    tab.close()
+                finally:
+                    stop_app(server)
+            print(f"  {name}: first {first:.2f} s, then median {statistics.median(found[name][1]):.2f} s", flush=True)
+        browser.close()
+    return found
+
+
+@contextmanager
+def live_registry():
+    """A temporary registry of 20 runs (make_registry) whose running run keeps its heartbeat;
+    yields (runs folder, the running run, the temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="retino-bench-") as tmp:
+        runs_dir = Path(tmp) / "runs"
+        runs_dir.mkdir()
+        print("building a registry of 20 runs (one really trained)...", flush=True)
+        running = make_registry(runs_dir)
+        stop = threading.Event()
+        beat = threading.Thread(target=keep_alive, args=(running, stop), daemon=True)
+        beat.start()
+        # Held as a busy worker holds it: the page would otherwise start a worker for the queued
+        # run, and its trainer would share the cores with what is measured.
+        with open(runs_dir / launch.WORKER_LOCK, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield runs_dir, running, Path(tmp)
+            finally:
+                stop.set()
+                beat.join()
+
+
+def page_cpu(page: str) -> float:
+    """CPU seconds of ``page``'s first script run in a fresh process (AppTest): the server's own
+    share of a first open, which other work on the machine changes less than the wall time."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py")
+    t0 = time.process_time()
+    at.run()
+    assert not at.exception, at.exception[0].value
+    return time.process_time() - t0
+
+
+def first_run_cpu(runs_dir: Path) -> dict[str, float]:
+    env = {**os.environ, "RETINO_RUNS_DIR": str(runs_dir)}
+    return {name: float(subprocess.run([sys.executable, __file__, "--page-cpu", name], env=env, check=True,
+                                       capture_output=True, text=True).stdout.split()[-1]) for name in PAGES}
+
+
+def first_opens_main(args) -> int:
+    t0 = time.perf_counter()
+    with live_registry() as (runs_dir, _, tmp):
+        load_before = os.getloadavg()
+        found = bench_first_opens(runs_dir, args.repeats, tmp)
+        cpu = first_run_cpu(runs_dir)
+    load_after = os.getloadavg()
+    print(f"\n{os.cpu_count()} CPU cores; load average (1 / 5 / 15 min) {' / '.join(f'{x:.1f}' for x in load_before)} "
+          f"before, {' / '.join(f'{x:.1f}' for x in load_after)} after; 20 runs in the registry (1 trained, "
+          "1 running); headless Chromium on the same machine; navigation until the script has finished "
+          "and every chart and image is drawn\n")
+    print(f"| page | first open after a server start | opened again: median (max of {args.repeats}) "
+          "| server CPU of the first open |")
+    print("|---|---:|---:|---:|")
+    for name, (first, again) in found.items():
+        print(f"| {name.capitalize()} | {first:.2f} s | {statistics.median(again):.2f} s ({max(again):.2f} s) "
+              f"| {cpu[name]:.2f} s |")
+    print(f"\nbench time: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -252,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="warm renders per page")
     parser.add_argument("--samples", type=int, default=10, help="metrics written for the latency")
     parser.add_argument("--no-browser", action="store_true", help="AppTest timings only")
+    parser.add_argument("--first-opens", action="store_true",
+                        help="instead: per page, its first open after a server start and later opens (the README table)")
+    parser.add_argument("--page-cpu", metavar="PAGE", help=argparse.SUPPRESS)  # first_run_cpu's child
     parser.add_argument("--server", action="store_true",
                         help="instead: server CPU with Live open on 4 running runs, new-tab loads, first page")
     parser.add_argument("--seconds", type=float, default=60.0, help="--server: how long to measure the CPU")
@@ -262,28 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.server:
         return server_main(args)
+    if args.first_opens:
+        return first_opens_main(args)
+    if args.page_cpu:
+        print(f"{page_cpu(args.page_cpu):.3f}")
+        return 0
 
-    with tempfile.TemporaryDirectory(prefix="retino-bench-") as tmp:
-        runs_dir = Path(tmp) / "runs"
-        runs_dir.mkdir()
-        print("building a registry of 20 runs (one really trained)...", flush=True)
-        running = make_registry(runs_dir)
-        stop = threading.Event()
-        beat = threading.Thread(target=keep_alive, args=(running, stop), daemon=True)
-        beat.start()
+    with live_registry() as (runs_dir, running, tmp):
         os.environ["RETINO_RUNS_DIR"] = str(runs_dir)
         print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
-        try:
-            print("Server-side script run per page (AppTest, warm):")
-            for page, times in bench_apptest(args.repeats).items():
-                print(f"  {page:24s} {summary(times)}")
-            if args.no_browser:
-                return 0
-            first, loads, latencies = bench_browser(runs_dir, running, args.repeats, args.samples,
-                                                    Path(tmp) / "streamlit.log")
-        finally:
-            stop.set()
-            beat.join()
+        print("Server-side script run per page (AppTest, warm):")
+        for page, times in bench_apptest(args.repeats).items():
+            print(f"  {page:24s} {summary(times)}")
+        if args.no_browser:
+            return 0
+        first, loads, latencies = bench_browser(runs_dir, running, args.repeats, args.samples, tmp / "streamlit.log")
         print("\nPage load in headless Chromium (navigation -> script finished, charts and images drawn):")
         for page in PAGES:
             print(f"  {page:24s} {summary(loads[page])}   first visit {first[page]:.2f} s")

@@ -224,7 +224,7 @@ def machine() -> str:
 
 def write(out: Path, stem: str, lines: list[str], rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_bytes(out / f"{stem}.md", ("\n".join(lines) + "\n").encode())
+    runs.atomic_write(out / f"{stem}.md", ("\n".join(lines) + "\n").encode())
     runs.write_json(out / f"{stem}.json", rows)
 
 

@@ -13,7 +13,7 @@ from retino_core.config import GRADE_NAMES
 from retino_core.data.images import SAMPLE_IMAGE, load_image
 from retino_core.errors import ImageError
 
-from pages import stand_ins, through_the_app
+from pages import choose_runs, share_runs, stand_ins, through_the_app, user_chose
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -54,12 +54,16 @@ data = st.session_state.get("data") or lab.default_data(all_runs)
 if not any(lab.champion_four(finished, data).values()):  # no model on the dataset in use: the newest model's
     data = lab.default_data(finished)
 standing = {name: c for name, c in lab.champion_four(all_runs, data, stand_ins(data)).items() if c is not None}
+# ?runs=A,B opens these models; else this session's choice; else the run standing for each configuration.
+choose_runs("classify_models", "runs", list(by_id), [c.run.run_id for c in standing.values() if c.run.run_id in by_id],
+            many=True)
 chosen = st.multiselect(
-    "Models", list(by_id), default=[c.run.run_id for c in standing.values() if c.run.run_id in by_id],
+    "Models", list(by_id), key="classify_models", on_change=user_chose, args=("classify_models",),
     format_func=lambda i: f"{by_id[i].configuration} · {display.short_label(by_id[i])} · {trust.label(verdicts[i])}",
     help="by default the run that stands for each configuration on the dataset in use (its champion: the pinned "
          "run, else the best usable one by the validation-selected metric); only usable models enter the "
          "ensemble unless you include the others below")
+share_runs("runs", "classify_models")
 st.caption(f"Standing for each configuration on {display.data_label(data)}: " + "; ".join(
     f"{name}: {display.short_label(c.run)} ({c.reason})" for name, c in standing.items())
     + ". Add or remove models above; Compare and Overview offer another run for a configuration.")

@@ -7,7 +7,7 @@ from retino_core.judging import comparison
 from retino_core import runs
 from retino_core.judging import external, trust
 
-from pages import stand_in_picker, stand_ins, through_the_app
+from pages import share_ids, stand_in_picker, stand_ins, stand_ins_from_link, through_the_app, warn_unknown
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
@@ -59,7 +59,10 @@ current = st.session_state.get("data") or lab.default_data(all_runs)
 left, right = st.columns([2, 3])
 data = left.selectbox("Dataset", specs, index=specs.index(current) if current in specs else 0,
                       format_func=display.data_label, help="only runs trained on the same data are compared")
-four = lab.champion_four(all_runs, data, stand_ins(data))  # each configuration's champion, or this session's pick
+# ?runs=A,B,C,D: each named run stands for its configuration; else this session's pick; else the champion.
+warn_unknown("runs", [r.run_id for r in all_runs if r.state == "done" and lab.same_data(r, data)])
+stand_ins_from_link("compare", "runs", all_runs, data, lambda name: f"compare-stand-in-{name}")
+four = lab.champion_four(all_runs, data, stand_ins(data))
 chosen = lab.runs_of(four)
 pending = lab.not_done(all_runs, data)  # what the configurations without a finished run are doing
 with right.expander("Runs compared: each configuration's champion, or your pick"):
@@ -71,6 +74,7 @@ with right.expander("Runs compared: each configuration's champion, or your pick"
 st.markdown("**Runs compared** · " + " · ".join(
     f"{name}: `{c.run.run_id}` ({c.reason})" for name, c in four.items() if c is not None) if any(four.values())
     else "**Runs compared:** none finished on this dataset yet.")
+share_ids("runs", [c.run.run_id for c in four.values() if c is not None], "compare")  # a link opens these
 
 frame = lab.comparison_frame(four, all_runs, data)
 recipe = lab.recipe_table(chosen)

@@ -8,7 +8,7 @@ from retino_core.judging import metrics
 from retino_core import runs
 from retino_core.judging import trust
 
-from pages import stand_ins, stands_line, through_the_app
+from pages import choose_runs, share_runs, stand_ins, stands_line, through_the_app, user_chose
 from retino_core.report import lab
 from retino_core.report import figures  # noqa: E402
 from retino_core.report import display  # noqa: E402
@@ -58,10 +58,10 @@ data = st.session_state.get("data") or lab.default_data(all_runs)
 first = [c.run.run_id for c in lab.champion_four(all_runs, data, stand_ins(data)).values()
          if c and c.run.run_id in by_id]
 ordered = first + [i for i in by_id if i not in first]  # the runs that stand for the configurations first
-if st.session_state.get("eval_run") not in by_id:
-    st.session_state.pop("eval_run", None)
-run = by_id[st.selectbox("Run", ordered, key="eval_run", format_func=lambda i: f"{i} · {by_id[i].configuration}"
-                         + (" · stands for it" if i in first else ""))]
+choose_runs("eval_run", "run", ordered, ordered[0])  # ?run=ID opens that run; else this session's pick
+run = by_id[st.selectbox("Run", ordered, key="eval_run", on_change=user_chose, args=("eval_run",),
+                         format_func=lambda i: f"{i} · {by_id[i].configuration}" + (" · stands for it" if i in first else ""))]
+share_runs("run", "eval_run")
 stands_line(run, all_runs, "eval_run")
 scores = operating.load_scores(run.path)
 if "test" not in scores:

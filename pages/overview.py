@@ -14,10 +14,11 @@ from retino_core.data.splits import DatasetInvalid
 from retino_core.data.sources import open_source
 from retino_core.data.patients import describe_patients
 
-from pages import runs_at_once, set_runs_at_once, stand_in_picker, stand_ins, through_the_app
+from pages import at_once_now, runs_at_once, set_runs_at_once, stand_in_picker, stand_ins, through_the_app
 from retino_core.report import lab
 from retino_core.report import figures
 from retino_core.report import display
+from retino_core.report import eta
 
 through_the_app(__file__)
 
@@ -133,7 +134,7 @@ def configuration_cards() -> None:
         with column.container(border=True):
             st.markdown(f"**{name}**")
             if name not in now:
-                st.caption("not trained on this dataset yet")
+                needs_weights(name)
                 continue
             activity(now[name])
             if shown[name] is None:
@@ -146,18 +147,52 @@ def configuration_cards() -> None:
                     stand_in_picker(st, all_runs, data, name, key=f"overview-stand-in-{name}")
 
 
+def four_estimate(configs: list, at_once: int) -> None:
+    """How long the four would take here, from the speeds past runs measured on this machine."""
+    all_runs = runs.list_runs()
+    speeds = eta.measured_speeds(all_runs)
+    sizes = eta.sizes_from_runs(all_runs, configs[0].to_dict())
+    if sizes is None and speeds:
+        try:
+            counts = {split: len(part) for split, part in load_source(data).splits.items()}
+        except (DataError, ImageError):
+            return
+        sizes = counts.get("train", 0), sum(n for split, n in counts.items() if split != "train")
+    if not speeds or sizes is None:
+        return
+    queued = eta.current_jobs(all_runs, speeds, lambda c: eta.sizes_from_runs(all_runs, c), at_once_now())
+    total = eta.behind_queue([c.to_dict() for c in configs], sizes, speeds, at_once, queued)
+    epochs = sorted({c.epochs for c in configs})
+    st.caption(f"{len(configs)} runs of {' or '.join(map(str, epochs))} epochs, {at_once} at a time: all done in "
+               f"about **{display.duration(total.seconds)}**" + (" including the queue" if queued else "")
+               + " (from the speeds measured by earlier runs on this machine).")
+
+
+def needs_weights(name: str) -> None:
+    """An empty card: a pretrained configuration whose ImageNet weights file is missing says so,
+    with a link to the installer; the others wait for a first run."""
+    arch, pretrained = next((a, p) for a, p in lab.FOUR if lab.configuration_name(a, p) == name)
+    if pretrained and not weights.cached_file(arch).is_file():
+        st.caption(f"needs the ImageNet weights file ({weights.file_name(arch)}), which is not on this machine "
+                   "yet; online it downloads by itself")
+        st.page_link("pages/train.py", label="Install the weights", icon=":material/download:",
+                     query_params={"install": "weights"})
+    else:
+        st.caption("not trained on this dataset yet")
+
+
 configuration_cards()
 
-with st.form("train_four", border=False):
-    left, middle, slots, right = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
-    preset = left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"),
-                            help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
-                                 "lab: the lab report's recipe, unchanged")
-    n_seeds = middle.number_input("Seeds", 1, 10, 1, help="train each configuration this many times (seeds 0, 1, "
-                                  "...): Compare shows the mean ± SD over seeds next to each run's interval")
-    at_once = runs_at_once(slots, "four_at_once")
-    clicked = right.form_submit_button("Train all four on this dataset", type="primary",
-                                       icon=":material/play_arrow:")
+# Plain widgets, not a form: Enter in a field queues nothing, and the estimate follows the fields.
+left, middle, slots, right = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
+preset = left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("cpu"), key="four_preset",
+                        help="cpu: RetinaMNIST on a laptop in minutes; fast: a GPU recipe; "
+                             "lab: the lab report's recipe, unchanged")
+n_seeds = middle.number_input("Seeds", 1, 10, 1, key="four_seeds", help="train each configuration this many times "
+                              "(seeds 0, 1, ...): Compare shows the mean ± SD over seeds next to each run's interval")
+at_once = runs_at_once(slots, "four_at_once")
+clicked = right.button("Train all four on this dataset", type="primary", icon=":material/play_arrow:")
+four_estimate(lab.four_configs(preset, seeds=int(n_seeds), data=data), at_once)
 if clicked:
     try:
         configs = lab.four_configs(preset, seeds=int(n_seeds), data=data)
@@ -165,6 +200,9 @@ if clicked:
         refused = weights.refused_pretrained(configs)
         for cfg, reason in refused:
             st.error(f"Not queued: {lab.configuration_name(cfg.arch, cfg.pretrained)} (seed {cfg.seed}): {reason}.")
+        if refused:
+            st.page_link("pages/train.py", label="Install the ImageNet weights", icon=":material/download:",
+                         query_params={"install": "weights"})
         how = set_runs_at_once(at_once)
         queued = [launch.enqueue(cfg.to_dict()) for cfg in configs if cfg not in [c for c, _ in refused]]
     except (ConfigError, DataError, runs.RunError) as err:

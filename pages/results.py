@@ -1,20 +1,22 @@
-"""Results: one run's confusion matrix, per-grade precision / recall / F1 and QWK; choose a
-cell to see the images behind it."""
+"""Results: one run's page. Its id and a link to it; a finished run's verdict, confusion matrix,
+per-grade precision / recall / F1 and QWK (choose a cell to see the images behind it); any run's
+state, whole failure reason, settings, notes and train.log. ``?run=ID`` opens that run."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from retino_core import runs
+from retino_core.training import launch
 from retino_core.judging import champions, external, trust
 from retino_core.config import GRADE_NAMES
 from retino_core.errors import DataError, ImageError
 from retino_core.data.sources import source_of
 from retino_core.report import figures
 from retino_core.report import display
-from retino_core.grading import export
+from retino_core.grading import exported
 
-from pages import stands_line, through_the_app
+from pages import choose_runs, share_runs, stands_line, through_the_app, user_chose
 
 through_the_app(__file__)
 
@@ -80,21 +82,84 @@ def elsewhere_panel(run) -> None:
 st.title("Results")
 
 all_runs = runs.list_runs()
-finished = [r for r in all_runs if r.summary]
-if not finished:
-    st.info("No finished run yet: results appear here when a run ends. Start one on the Train page.")
+if not all_runs:
+    st.info("No run yet: results appear here when a run ends. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
-by_id = {r.run_id: r for r in finished}
-left, right = st.columns([3, 1])
+by_id = {r.run_id: r for r in all_runs}
 # Grouped by configuration, newest first within each: a configuration's seeds sit together.
 ordered = sorted(by_id, key=lambda i: by_id[i].configuration)
-if st.session_state.get("results_run") not in by_id:
-    st.session_state["results_run"] = finished[0].run_id  # the newest
-run = by_id[left.selectbox("Run", ordered, key="results_run",
-                           format_func=lambda i: f"{by_id[i].configuration} · {i}"
-                           + (f" · {', '.join(by_id[i].tags)}" if by_id[i].tags else ""))]
+newest = next((r.run_id for r in all_runs if r.summary), all_runs[0].run_id)  # the newest finished
+choose_runs("results_run", "run", ordered, newest)
+left, right = st.columns([3, 1])
+run = by_id[left.selectbox("Run", ordered, key="results_run", on_change=user_chose, args=("results_run",),
+                         format_func=lambda i: f"{by_id[i].configuration} · {i} · {display.state_text(by_id[i])}"
+                         + (f" · {', '.join(by_id[i].tags)}" if by_id[i].tags else ""))]
+share_runs("run", "results_run")
+
+
+def run_header(run: runs.RunInfo) -> None:
+    """The run's id, a link to this page on it (copy button on the right), what it is doing."""
+    base = (st.context.url or "").rstrip("/")
+    base = base[:-len("/results")] if base.endswith("/results") else base
+    left, right = st.columns([2, 3], vertical_alignment="center")
+    left.markdown(f"**{run.run_id}** · {run.configuration} · {display.state_text(run)}")
+    right.code(f"{base}/results?run={run.run_id}", language=None, wrap_lines=True)
+    if run.state != "done":
+        progress = display.run_progress(run)
+        st.progress(progress.fraction, text=progress.text)
+    if run.state in runs.ACTIVE_STATES:
+        st.page_link("pages/live.py", label="Watch it on Live", icon=":material/monitoring:",
+                     query_params={"runs": run.run_id})
+    error = run.status.get("error")
+    if error and run.state == "failed":  # the whole reason, not its first line
+        st.error(f"**Failed**: {error}")
+    elif error and run.state != "done":
+        st.warning(error)
+    for note in run.status.get("notes") or []:
+        st.caption(f":material/info: {note}")
+
+
+def settings_and_notes(run: runs.RunInfo) -> None:
+    left, right = st.columns(2)
+    with left.expander("Configuration of this run"):
+        st.dataframe(pd.DataFrame({"setting": list(run.config), "value": [str(v) for v in run.config.values()]}),
+                     hide_index=True, width="stretch")
+    with right.expander(f"Notes and tags{' · ' + ', '.join(run.tags) if run.tags else ''}", expanded=bool(run.notes)):
+        with st.form(f"notes-{run.run_id}", border=False):
+            notes = st.text_area("Notes", value=run.notes, height=100, key=f"notes-text-{run.run_id}")
+            tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"notes-tags-{run.run_id}")
+            if st.form_submit_button("Save notes", icon=":material/save:"):
+                try:
+                    runs.write_notes(run.path, notes, tags)
+                except runs.RunError as err:
+                    st.error(str(err))
+                else:
+                    st.toast(f"Saved the notes of {run.run_id}")
+
+
+def training_log(run: runs.RunInfo) -> None:
+    """The end of train.log, and the whole file as a download."""
+    tail = display.log_tail(run)
+    with st.expander("Training log (train.log)", expanded=run.state in ("failed", "interrupted") and bool(tail)):
+        if not tail:
+            st.caption("No train.log: the run was trained outside the queue (train on the command line prints "
+                       "to the terminal), or it has not started yet.")
+            return
+        st.code(tail, language=None)
+        st.download_button("Download train.log", lambda: launch.log_path(run.path).read_bytes(),
+                           file_name=f"{run.run_id}-train.log", mime="text/plain", icon=":material/download:")
+
+
+run_header(run)
+if not run.summary:
+    st.info("No results yet: they appear when the run finishes." if run.state in runs.ACTIVE_STATES else
+            "This run has no results: it ended before its test evaluation. Its settings, notes and log are below.")
+    settings_and_notes(run)
+    training_log(run)
+    st.stop()
+
 splits = [s for s in ("test", "val") if run.summary.get(f"{s}_confusion")]
 split = right.radio("Split", splits, horizontal=True)
 s = {k[len(split) + 1:]: v for k, v in run.summary.items() if k.startswith(f"{split}_")}
@@ -131,21 +196,8 @@ if detector:
     st.caption(f"Out-of-distribution check: {display.percent(detector.get('test_flagged_share'))} of the test photos look "
                f"unlike the training ones to the model (threshold: the {detector.get('calibrated_on')} split's "
                f"{100 * detector.get('quantile', 0.99):.0f}th percentile). Classify does not grade such photos.")
-left, right = st.columns(2)
-with left.expander("Configuration of this run"):
-    st.dataframe(pd.DataFrame({"setting": list(run.config), "value": [str(v) for v in run.config.values()]}),
-                 hide_index=True, width="stretch")
-with right.expander(f"Notes and tags{' · ' + ', '.join(run.tags) if run.tags else ''}", expanded=bool(run.notes)):
-    with st.form(f"notes-{run.run_id}", border=False):
-        notes = st.text_area("Notes", value=run.notes, height=100, key=f"notes-text-{run.run_id}")
-        tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"notes-tags-{run.run_id}")
-        if st.form_submit_button("Save notes", icon=":material/save:"):
-            try:
-                runs.write_notes(run.path, notes, tags)
-            except runs.RunError as err:
-                st.error(str(err))
-            else:
-                st.toast(f"Saved the notes of {run.run_id}")
+settings_and_notes(run)
+training_log(run)
 
 left, right = st.columns([3, 2])
 with left:
@@ -206,36 +258,41 @@ st.caption("The model card says what this grader is for and not for, what it lea
            "did, in Markdown or HTML. The export is the model (ONNX or TorchScript; normalisation, flip averaging "
            "and the temperature inside), preprocessing.json, the card and, for ONNX, predict_onnx.py, which grades "
            "files and folders with only onnxruntime, numpy and Pillow.")
-from retino_core.report import modelcard  # noqa: E402 - torch loads only when a page gets this far
-from retino_core.errors import CheckpointError  # noqa: E402
 
 
+# Built when a card is downloaded, not when the page opens: the card reads the run's dataset and
+# scores its operating point, and the export needs torch, which takes seconds to import.
 @st.cache_data(show_spinner=False, max_entries=16)
 def card_texts(run_dir: str, mtime: float) -> tuple[str, str]:  # noqa: ARG001 - mtime keys the cache
+    from retino_core.report import modelcard
+
     card = modelcard.build(run_dir)
     return modelcard.to_markdown(card), modelcard.to_html(card)
 
 
-card_md, card_html = card_texts(str(run.path), (run.path / "summary.json").stat().st_mtime)
+summary_mtime = (run.path / "summary.json").stat().st_mtime
 c = st.columns(2)
-c[0].download_button("Model card (Markdown)", card_md, file_name=f"{run.run_id}-model-card.md",
-                     mime="text/markdown", icon=":material/description:")
-c[1].download_button("Model card (HTML)", card_html, file_name=f"{run.run_id}-model-card.html",
-                     mime="text/html", icon=":material/description:")
-fmt = st.radio("Export format", list(export.FORMATS), horizontal=True, key="export_format",
+c[0].download_button("Model card (Markdown)", lambda: card_texts(str(run.path), summary_mtime)[0],
+                     file_name=f"{run.run_id}-model-card.md", mime="text/markdown", icon=":material/description:")
+c[1].download_button("Model card (HTML)", lambda: card_texts(str(run.path), summary_mtime)[1],
+                     file_name=f"{run.run_id}-model-card.html", mime="text/html", icon=":material/description:")
+fmt = st.radio("Export format", list(exported.FORMATS), horizontal=True, key="export_format",
                help="ONNX runs anywhere onnxruntime does; TorchScript needs torch")
-folder = export.default_folder(run.path, fmt)
-done = export.read_export(folder)
+folder = exported.default_folder(run.path, fmt)
+done = exported.read_export(folder)
 if st.button("Export again" if done else f"Export as {fmt}", icon=":material/output:"):
+    from retino_core.errors import CheckpointError
+    from retino_core.grading import export
+
     with st.spinner("Exporting and checking the export against the app's model on the test images…"):
         try:
             export.export_run(run.path, fmt, folder)
         except (export.ExportError, CheckpointError, DataError, runs.RunError) as err:
             st.error(f"The export failed: {err}")
-    done = export.read_export(folder)
+    done = exported.read_export(folder)
 if done:
     checked = done["verified"]
-    st.download_button(f"Download {run.run_id}-{fmt}.zip", lambda: export.zip_folder(folder),
+    st.download_button(f"Download {run.run_id}-{fmt}.zip", lambda: exported.zip_folder(folder),
                        file_name=f"{run.run_id}-{fmt}.zip", mime="application/zip", icon=":material/download:")
     st.caption(f"Checked on {checked['images']} {checked['on']} images: every probability within "
                f"{checked['max_abs_diff']:.1e} of the app's. Verdict written into it: {done['trust']['verdict']}.")

@@ -13,8 +13,10 @@ Layout::
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
         job.json         the SLURM or submitit job that trains it, for runs a sweep sent to one
         predictions.csv  per validation and test image: label, prediction, probabilities, logits
+        train.log        the trainer's output (stdout and stderr), written when the queue starts it
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)
         export/<format>/ an exported grader (``python -m retino_core export``)
+        external/<name>.json, .csv   an evaluation on other photos (judging/external.py)
         checkpoints/best.pt, checkpoints/last.pt
 
 Beside the run folders, ``<runs_dir>/.champions.json`` lists the runs the user pinned to stand
@@ -35,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
@@ -43,7 +45,6 @@ ENDED_STATES = ("done", "failed", "interrupted", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 # A running trainer refreshes its heartbeat every few seconds; one silent this long is gone.
 HEARTBEAT_TIMEOUT_S = 60.0
-JOB_FILE = "job.json"  # the job that trains a run a sweep sent to SLURM or submitit (training.cluster)
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -116,13 +117,14 @@ def create_run_dir(name: str = "", runs_dir: Path | None = None) -> Path:
 # ---------------------------------------------------------------- atomic files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: readers never see half."""
+def atomic_write(path: Path, write: bytes | Callable[[BinaryIO], Any]) -> None:
+    """The bytes, or what ``write(file)`` writes (a writer that streams, like ``torch.save``), into
+    a temp file in the same folder, synced, then ``os.replace``d onto ``path``: readers never see half."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fh.write(write) if isinstance(write, bytes) else write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -136,7 +138,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path, default: Any = None) -> Any:

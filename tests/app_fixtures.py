@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from retino_core import runs
 from retino_core.config import NUM_CLASSES, make_config
 from retino_core.data.sources import open_source
+from retino_core.judging import stats, trust
 from retino_core.judging.metrics import classification_metrics, majority_baseline, softmax
 
 
@@ -40,8 +41,10 @@ def texts(at: AppTest) -> str:
 
 def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, state: str = "done",
               epochs: int = 3, steps: int = 20, rows_per_epoch: int = 5, data: str = "retinamnist",
-              skill: float = 1.5, seed: int = 0, name: str = "", epochs_done: int | None = None) -> Path:
-    """A run folder as the trainer leaves it; ``skill`` 0 gives a model collapsed onto grade 0."""
+              skill: float = 1.5, seed: int = 0, name: str = "", epochs_done: int | None = None,
+              logits: bool = True) -> Path:
+    """A run folder as the trainer leaves it; ``skill`` 0 gives a model collapsed onto grade 0;
+    ``logits`` False leaves them out of predictions.csv, as runs trained before them did."""
     rng = np.random.default_rng(seed)
     cfg = make_config("cpu", data=data, arch=arch, pretrained=pretrained, epochs=epochs, name=name)
     run_dir = runs.create_run_dir(name or f"{arch}-{'pre' if pretrained else 'scratch'}", runs_dir)
@@ -71,7 +74,7 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
                          "time": t0 + 60.0 * (epoch - 1) + 50.0 * k / rows_per_epoch})
         row = {"kind": "epoch", "epoch": epoch, "best": True, "elapsed": 60.0 * epoch, "time": t0 + 60.0 * epoch,
                "train_loss": 1.6 / (1 + 0.3 * epoch), "train_acc": 0.4 + 0.05 * epoch,
-               "train_seconds": 50.0, "eval_seconds": 10.0}
+               "train_seconds": 50.0, "eval_seconds": 10.0, "train_images": steps * cfg.batch_size}
         for split in ("val", "test"):
             labels = source.splits[split].labels
             row.update(classification_metrics(labels, probabilities(labels, skill * epoch / epochs), f"{split}_"))
@@ -80,6 +83,8 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
     runs.append_jsonl(run_dir / "metrics.jsonl", rows)
 
     status = {"created": runs.now_iso(), "progress": {"epoch": done, "epochs": epochs, **baseline}}
+    if state != "queued":  # where it trained: its speed counts for estimates on this machine
+        status["host"] = os.uname().nodename
     if state == "running":
         status.update(pid=os.getpid(), host=os.uname().nodename, heartbeat_ts=time.time(), started=runs.now_iso())
     if state in ("failed", "interrupted"):
@@ -89,6 +94,7 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
         return run_dir
 
     summary = {"best_epoch": epochs, "selected_on": "val", "temperature": 1.3, "arch": arch,
+               "trained_on": {"data": data, "name": source.name, "train_images": len(train_labels)},
                "pretrained": pretrained, "epochs": epochs, "data": data, "data_name": source.name,
                "train_seconds": 60.0 * epochs, "test_acc_per_epoch": [r["test_acc"] for r in rows if r["kind"] == "epoch"],
                **baseline}
@@ -97,11 +103,16 @@ def write_run(runs_dir: Path, arch: str = "resnet18", pretrained: bool = False, 
         labels = source.splits[split].labels
         probs = probabilities(labels, skill)
         summary.update(classification_metrics(labels, probs, f"{split}_"))
+        if split == "test":  # the intervals the trainer stores with the summary
+            summary.update(stats.confidence_intervals(labels, probs, prefix="test_", seed=seed))
         df = pd.DataFrame({"split": split, "index": np.arange(len(labels)), "name": source.splits[split].names,
                            "label": labels, "pred": probs.argmax(1)})
         for c in range(NUM_CLASSES):
             df[f"p{c}"] = probs[:, c]
+        for c in range(NUM_CLASSES if logits else 0):  # as the trainer writes them (Evaluation reads them)
+            df[f"logit{c}"] = np.log(probs[:, c])
         frames.append(df)
+    summary["trust"] = trust.assess(summary, "test")  # stored with the summary, as the trainer does
     runs.write_json(run_dir / "summary.json", summary)
     pd.concat(frames).to_csv(run_dir / "predictions.csv", index=False)
     return run_dir

@@ -16,10 +16,12 @@ def test_reading_runs_does_not_import_torch(finished_run):
     code = ("import sys; from retino_core import runs, config; from retino_core.training import cluster, launch;"
             "from retino_core.data import sources, images, integrity;"
             "from retino_core.judging import metrics, trust, decision, operating;"
-            "from retino_core.models import weights; from retino_core.report import display;"
+            "from retino_core.models import weights; from retino_core.report import display, eta, runs_table;"
+            "from retino_core.grading import exported; from retino_core.training import calibrate;"
             f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state; display.slot_text(r);"
+            "eta.measured_speeds([r]); runs_table.table_rows([r]);"
             "d = decision.decide([0.2] * 5, None, operating.of_run(r.path), trust.is_usable_verdict(r.summary.get('trust')));"
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'sklearn' not in sys.modules, 'sklearn imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -93,7 +95,7 @@ def test_metrics_are_read_incrementally_and_a_partial_line_waits(tmp_path, monke
     with real_open(path, "a") as fh:
         fh.write('ep", "step": 3}\n')
     assert [r["step"] for r in runs.read_jsonl(path)] == [1, 2, 3]
-    runs.atomic_write_bytes(path, b'{"kind": "resume", "step": 0}\n')  # rewritten on resume
+    runs.atomic_write(path, b'{"kind": "resume", "step": 0}\n')  # rewritten on resume
     assert [r["step"] for r in runs.read_jsonl(path)] == [0]
     path.unlink()
     assert runs.read_jsonl(path) == []

@@ -26,9 +26,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--runs-dir", type=Path)
     p.set_defaults(func=cmd_note)
 
-    p = sub.add_parser("runs", help="table of runs with state and headline metrics")
+    p = sub.add_parser("runs", help="table of runs with state and headline metrics; filter with --where, --tag, ...",
+                       description="List runs, newest first. Every filter given must hold.")
     p.add_argument("--runs-dir", type=Path)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting or summary number: image_size=64, lr<0.01, augment!=strong, test_acc>=0.5 "
+                        "(repeat for several; = and != also compare text, true/false and none)")
+    p.add_argument("--tag", action="append", default=[], help="runs carrying this tag (repeat or comma-separate: all must be there)")
+    p.add_argument("--state", action="append", default=[], choices=runs.STATES, help="runs in this state (repeat for any of several)")
+    p.add_argument("--verdict", action="append", default=[], help="usable, weak, 'no better than guessing' or 'not judged'")
+    p.add_argument("--configuration", action="append", default=[], metavar="CONFIG",
+                   help="e.g. 'resnet18 / scratch' (repeat for any of several)")
+    p.add_argument("--search", default="", metavar="TEXT",
+                   help="words to find in the run id, name, configuration, tags, notes, data, state or error")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("champions", help="the run that stands for each configuration, and why")
@@ -46,35 +57,48 @@ def add_parsers(sub) -> None:
 
 
 def cmd_runs(args) -> int:
-    from ..judging import trust
-    from ..training import cluster
+    from ..report import runs_table
+    from ..training import cluster, launch
 
     # A run that a SLURM or submitit job trains: its state, plus the job's (a job that ended
     # without the run saying so is recorded first).
     infos = [cluster.reconcile(r) for r in runs.list_runs(args.runs_dir)]
     jobs = {r.run_id: cluster.job_status(r) for r in infos}
+    try:
+        query = runs_table.make_query(infos, args.search, args.tag, args.configuration, args.state, args.verdict,
+                                      args.where)
+    except runs_table.SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    shown = runs_table.search(infos, query)
     if args.json:
+        from ..judging import trust
+
         print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
                            "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
                            "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
-                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes,
-                           "job": jobs[r.run_id]} for r in infos], indent=2))
+                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes, "config": r.config,
+                           "job": jobs[r.run_id]} for r in shown], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m retino_core train --data retinamnist")
         return 0
-    header = (f"{'run id':40} {'state':12} {'configuration':22} {'epoch':>7} {'test_acc':>8} {'majority':>8} "
-              f"{'test_qwk':>8} {'test_auc':>8}  {'verdict':24} tags")
+    if not shown:
+        print(f"no run matches; {len(infos)} run(s) in all (python -m retino_core runs lists them)")
+        return 0
+    header = (f"{'run id':40} {'state':22} {'configuration':22} {'epochs':>7} {'size':>5} {'preset':6} "
+              f"{'progress':>8} {'test acc (95 % CI)':21} {'test_qwk':>8} {'test_auc':>8}  {'verdict':24} tags")
     print(header)
-    for r in infos:
-        prog = r.status.get("progress") or {}
-        epoch = f"{prog.get('epoch', 0):.0f}/{r.config.get('epochs', '?')}" if prog else f"-/{r.config.get('epochs', '?')}"
-        verdict = trust.label(trust.of_summary(r.summary)) if r.summary else "-"
-        print(f"{r.run_id:40} {r.state:12} {r.configuration:22} {epoch:>7} {fmt(r.summary.get('test_acc')):>8} "
-              f"{fmt(r.summary.get('test_majority_acc')):>8} {fmt(r.summary.get('test_qwk')):>8} "
-              f"{fmt(r.summary.get('test_auc')):>8}  {verdict:24} {', '.join(r.tags)}".rstrip())
+    for row, r in zip(runs_table.table_rows(shown, launch.queue(all_runs=infos)), shown):
+        verdict = row["verdict"] or "-"
+        print(f"{r.run_id:40} {row['state']:22} {r.configuration:22} {row['epochs']:>7} {row['image size']:>5} "
+              f"{row['preset']:6} {100 * row['progress']:>7.0f}% {row['test accuracy'] or '-':21} "
+              f"{fmt(r.summary.get('test_qwk')):>8} {fmt(r.summary.get('test_auc')):>8}  {verdict:24} "
+              f"{row['tags']}".rstrip())
         if jobs[r.run_id]:
             print(f"{'':40} {jobs[r.run_id]['label']}")
+    if not query.empty:
+        print(f"{len(shown)} of {len(infos)} run(s) match")
     return 0
 
 

@@ -56,6 +56,14 @@ def add_parsers(sub) -> None:
                    help="set the runs folder's number of slots (default: one per GPU, or 1)")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("calibrate", help="measure this machine's training speed for duration estimates (seconds)")
+    p.add_argument("--arch", choices=ARCHS, default="resnet18")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--runs-dir", type=Path, help="where the result is kept (.speed.json)")
+    p.set_defaults(func=cmd_calibrate)
+
     # Parsed by bench/throughput.py itself (main() hands it the arguments); listed for --help.
     sub.add_parser("bench", help="training images/s: the lab's loop vs this trainer vs the model alone "
                                  "(options: bench --help)")
@@ -352,12 +360,29 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from ..training import calibrate
+
+    cfg = make_config(args.preset, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size)
+    found = calibrate.calibrate(cfg.to_dict(), args.runs_dir)
+    print(f"{found['arch']} at {found['image_size']} px, batch {found['batch_size']} on {found['device']} "
+          f"({found['threads']} threads): {found['train_images_per_s']:,.0f} training images/s, "
+          f"{found['eval_images_per_s']:,.0f} evaluation images/s")
+    return 0
+
+
 def cmd_bench(argv: list[str]) -> int:
-    """Run bench/throughput.py of this checkout with ``argv``."""
-    import runpy
+    """Run bench/throughput.py of this checkout with ``argv``.
+
+    Imported by its name (``bench.throughput``), as the script itself imports its parts, so
+    the processes it starts (JPEG writers, DataLoader workers) can find every function.
+    """
+    import importlib
 
     script = runs.PROJECT_ROOT / "bench" / "throughput.py"
     if not script.is_file():
         print(f"error: {script} not found; the benchmark runs from a checkout of the project", file=sys.stderr)
         return EXIT_USAGE
-    return int(runpy.run_path(str(script), run_name="retino_bench")["main"](argv) or 0)
+    if str(runs.PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(runs.PROJECT_ROOT))
+    return int(importlib.import_module("bench.throughput").main(argv) or 0)

@@ -131,12 +131,12 @@ class CacheWriter:
         self.ok = self._start(fresh=found is None)
 
     def _start(self, fresh: bool) -> bool:
-        from ..runs import atomic_write_bytes
+        from ..runs import atomic_write
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if fresh:
-                atomic_write_bytes(self.path, (json.dumps(_header()) + "\n").encode())
+                atomic_write(self.path, (json.dumps(_header()) + "\n").encode())
             elif not self.path.read_bytes().endswith(b"\n"):
                 with open(self.path, "ab") as fh:  # end a cut chunk, so the next starts on its own line
                     fh.write(b"\n")
@@ -169,7 +169,7 @@ class CacheWriter:
 
     def close(self) -> None:
         """Write what is pending; rewrite the file compacted when mostly overwritten entries."""
-        from ..runs import atomic_write_bytes
+        from ..runs import atomic_write
 
         self.flush()
         if self.ok and self.held > 2 * len(self.entries) + self.chunk:
@@ -177,7 +177,7 @@ class CacheWriter:
             body = [json.dumps(_header())] + [json.dumps(dict(items[i:i + self.chunk]), separators=(",", ":"))
                                               for i in range(0, len(items), self.chunk)]
             try:
-                atomic_write_bytes(self.path, ("\n".join(body) + "\n").encode())
+                atomic_write(self.path, ("\n".join(body) + "\n").encode())
             except OSError:
                 pass  # the uncompacted file still holds every entry
 

@@ -98,7 +98,7 @@ def evaluate(run: str | os.PathLike, data: str, name: str | None = None, runs_di
                   refused_by_grade=_refused_by_grade(rows), warnings=_warnings(predictor, src, data, run_dir))
     json_path, csv_path = external.paths(run_dir, name)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_bytes(csv_path, _csv_bytes(rows))
+    runs.atomic_write(csv_path, _csv_bytes(rows))
     external.save(run_dir, name, result)
     return {**result, "name": name, "json": str(json_path), "csv": str(csv_path)}
 

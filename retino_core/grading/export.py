@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -36,11 +35,9 @@ from ..judging.decision import DEFAULT_THRESHOLD, GRADED, NO_USABLE_MODEL, NOT_G
 from ..judging.metrics import REFERABLE_GRADE
 from ..models.builders import build_model
 from ..report import modelcard
+from .exported import FORMATS, PREPROCESSING, default_folder, read_export, zip_folder  # noqa: F401 - re-exported
 from .predictor import Predictor
 from .standalone import prepare, standalone_script
-
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
-
 
 # 18 is the opset torch's exporter translates to itself (its torchlib); its default, 20, adds a
 # version-conversion pass over the graph for nothing. onnxruntime runs opset 18 from 1.14 on.
@@ -60,9 +57,6 @@ VERIFY_IMAGES = 64
 
 
 SCRIPT = "predict_onnx.py"
-
-
-PREPROCESSING = "preprocessing.json"
 
 
 
@@ -155,7 +149,7 @@ def write_torchscript(graph: GraderGraph, image_size: int, path: Path) -> None:
         traced = torch.jit.trace(graph, _example(image_size), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
-    runs.atomic_write_bytes(path, buf.getvalue())
+    runs.atomic_write(path, buf.getvalue())
 
 
 def load_runner(fmt: str, path: Path, names: list[str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -252,20 +246,6 @@ def preprocessing_json(predictor: Predictor, summary: dict, run_id: str, fmt: st
     }
 
 
-def default_folder(run_dir: Path, fmt: str) -> Path:
-    """Where a run's export in ``fmt`` goes unless told otherwise: ``<run>/export/<fmt>``."""
-    return Path(run_dir) / "export" / fmt
-
-
-def read_export(folder: Path) -> dict | None:
-    """preprocessing.json of a finished, checked export in ``folder``; None when there is none."""
-    pre = runs.read_json(Path(folder) / PREPROCESSING)
-    if not isinstance(pre, dict) or not (pre.get("verified") or {}).get("passed") \
-            or not (Path(folder) / pre.get("model_file", "?")).is_file():
-        return None
-    return pre
-
-
 def export_run(run: str | Path, fmt: str = "onnx", out: Path | None = None, runs_dir: Path | None = None,
                verify_images: int = VERIFY_IMAGES) -> Path:
     """Export a finished run's best checkpoint into ``out`` (default ``<run>/export/<fmt>``), check
@@ -299,7 +279,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: Path | None = None, runs
                           f"{checked['decisions_differ']} referrals or grades (allowed 0); files left in {out}")
     files = [FORMATS[fmt], PREPROCESSING, modelcard.CARD_MD, modelcard.CARD_HTML]
     if fmt == "onnx":
-        runs.atomic_write_bytes(out / SCRIPT, standalone_script().encode("utf-8"))
+        runs.atomic_write(out / SCRIPT, standalone_script().encode("utf-8"))
         files.append(SCRIPT)
     info = {"format": fmt, "file": FORMATS[fmt], "input": f"{INPUT}: uint8 [batch, {predictor.image_size}, "
             f"{predictor.image_size}, 3] RGB", "outputs": graph.outputs, "verified": checked, "files": files}
@@ -309,13 +289,3 @@ def export_run(run: str | Path, fmt: str = "onnx", out: Path | None = None, runs
     for name in files:  # an export is handed on: readable by all, the script runnable
         (out / name).chmod(0o755 if name == SCRIPT else 0o644)
     return out
-
-
-def zip_folder(folder: Path) -> bytes:
-    """The files of an export folder as a zip (for a download)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(Path(folder).iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                zf.write(path, f"{Path(folder).name}/{path.name}")
-    return buf.getvalue()

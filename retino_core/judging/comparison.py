@@ -305,16 +305,15 @@ def _show(value) -> str:
     return "–" if value is None else str(value)
 
 
-HYPERPARAMETERS = ("arch", "pretrained", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "scheduler",
-                   "image_size", "augment", "loss", "label_smoothing", "ema", "sampler", "preprocess", "tta", "seed")
+# Config fields that name or date a run: never an axis of its own.
+NOT_SETTINGS = ("name", "created")
 
 
 def hyperparameter_frame(all_runs: list[runs.RunInfo], metric: str = "test_qwk") -> pd.DataFrame:
-    """One row per finished run: its hyperparameters and ``metric`` (for parallel coordinates)."""
-    rows = []
-    for r in all_runs:
-        if r.state != "done" or r.summary.get(metric) is None:
-            continue
-        row = {"run": r.run_id, **{k: r.config.get(k) for k in HYPERPARAMETERS}, metric: r.summary.get(metric)}
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """One row per finished run: every setting that differs among these runs, and ``metric``
+    (for parallel coordinates). A setting a run lacks (older config.json) reads as None."""
+    done = [r for r in all_runs if r.state == "done" and r.summary.get(metric) is not None]
+    keys = list(dict.fromkeys(k for r in done for k in r.config if k not in NOT_SETTINGS))
+    differing = [k for k in keys if len({repr(r.config.get(k)) for r in done}) > 1]
+    return pd.DataFrame([{"run": r.run_id, **{k: r.config.get(k) for k in differing}, metric: r.summary.get(metric)}
+                         for r in done], columns=["run", *differing, metric])

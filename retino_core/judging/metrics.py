@@ -6,17 +6,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
 
 from ..config import COLLAPSE_SHARE, NUM_CLASSES, REFERABLE_GRADE, TEMPERATURE_RANGE  # noqa: F401 - re-exported
+
+
+def _sk():
+    """scikit-learn's metrics, imported at first use: the import costs over a second of CPU, and
+    most pages that import this module (for its charts' helpers) never compute a metric."""
+    from sklearn import metrics as sk
+
+    return sk
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -28,7 +27,7 @@ def macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
     present = np.unique(y)
     if len(present) < 2:
         return None
-    aucs = [roc_auc_score(y == c, probs[:, c]) for c in present]
+    aucs = [_sk().roc_auc_score(y == c, probs[:, c]) for c in present]
     return float(np.mean(aucs))
 
 
@@ -41,7 +40,7 @@ def referable_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
     ref = y >= REFERABLE_GRADE
     if ref.all() or not ref.any():
         return None
-    return float(roc_auc_score(ref, referable_scores(probs)))
+    return float(_sk().roc_auc_score(ref, referable_scores(probs)))
 
 
 def referable_roc(y: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
@@ -50,8 +49,24 @@ def referable_roc(y: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
     if ref.all() or not ref.any():
         return {"fpr": [], "tpr": [], "thresholds": []}
     fpr, tpr, thr = roc_curve(ref, referable_scores(probs))
-    thr = np.minimum(thr, 1.0)  # sklearn puts +inf first
+    thr = np.minimum(thr, 1.0)  # +inf first, as in scikit-learn
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}
+
+
+def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ``roc_curve`` (with ``drop_intermediate``), point for point, in numpy: the
+    Evaluation page draws it on opening, and importing scikit-learn costs most of a second there."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, y = np.asarray(scores, dtype=np.float64)[order], np.asarray(positive, dtype=bool)[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # the last image of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = 1 + last - tps
+    thresholds = s[last]
+    if len(fps) > 2:  # drop points on a straight segment: they change nothing drawn
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    tps, fps, thresholds = np.r_[0, tps], np.r_[0, fps], np.r_[np.inf, thresholds]
+    return fps / fps[-1], tps / tps[-1], thresholds
 
 
 def operating_point(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float | int | None]:
@@ -143,18 +158,18 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, prefix: str = "") -
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(1)
     labels = list(range(NUM_CLASSES))
-    prec, rec, f1, support = precision_recall_fscore_support(
+    prec, rec, f1, support = _sk().precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )
-    qwk = cohen_kappa_score(y, pred, labels=labels, weights="quadratic") if len(y) else float("nan")
+    qwk = _sk().cohen_kappa_score(y, pred, labels=labels, weights="quadratic") if len(y) else float("nan")
     col = collapse(pred)
     out = {
-        "acc": float(accuracy_score(y, pred)) if len(y) else None,
+        "acc": float(_sk().accuracy_score(y, pred)) if len(y) else None,
         "qwk": _nan_to_none(float(qwk)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(_sk().f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
         "auc": macro_auc(y, probs),
         "referable_auc": referable_auc(y, probs),
-        "confusion": confusion_matrix(y, pred, labels=labels).tolist(),
+        "confusion": _sk().confusion_matrix(y, pred, labels=labels).tolist(),
         "precision": prec.tolist(),
         "recall": rec.tolist(),
         "f1": f1.tolist(),

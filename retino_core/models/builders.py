@@ -23,6 +23,7 @@ from ..errors import (  # torch-free: the CLI and the worker catch it
     WeightsError,
     refused_load,
 )
+from .weights import download_failure
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,15 @@ def imagenet_state_dict(arch: str, progress: bool = False) -> dict[str, torch.Te
                 f"the cached ImageNet weights {target} could not be loaded ({refused_load(err)}); delete the "
                 f"file and retry online, or replace it with a fresh copy of {weights.url}"
             ) from None
-        raise WeightsError(_missing_weights_message(arch, str(err))) from None
+        raise WeightsError(_missing_weights_message(arch, download_failure(err))) from None
 
 
 def _missing_weights_message(arch: str, reason: str) -> str:
     url = arch_spec(arch).weights.url
     target = weights_cache_file(arch)
     return (
-        f"ImageNet weights for {arch} are not in the torch cache and could not be downloaded "
-        f"({reason}). Download {url} and save it as {target} (the folder follows $TORCH_HOME; "
+        f"ImageNet weights for {arch} are not in the torch cache, and {reason}. "
+        f"Download {url} and save it as {target} (the folder follows $TORCH_HOME; "
         f"now {os.environ.get('TORCH_HOME', 'unset, so ~/.cache/torch')}), "
         "or install it from the Train page (ImageNet weights), or start from a local state dict with "
         "--weights PATH (the Train form's 'Start from a weights file')."

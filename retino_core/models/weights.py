@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import Request, urlopen
@@ -39,6 +40,24 @@ def hash_prefix(arch: str) -> str:
     return file_name(arch).rsplit("-", 1)[1].split(".")[0]
 
 
+def download_failure(err: BaseException) -> str:
+    """Why a download failed, in plain words: no network (no name service, no route, refused,
+    timed out), or what the server answered."""
+    reason = getattr(err, "reason", err)
+    code = getattr(err, "code", None)
+    if isinstance(code, int):
+        return f"the download server answered HTTP {code}: the file can't be downloaded"
+    if isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError, socket.timeout)) or any(
+            words in str(reason) for words in NO_NETWORK_WORDS):
+        return "no network here: the file can't be downloaded"
+    return f"the file can't be downloaded ({reason})"
+
+
+# What the system says when this machine cannot reach the internet at all.
+NO_NETWORK_WORDS = ("Name or service not known", "Temporary failure in name resolution", "Network is unreachable",
+                    "No route to host", "Connection refused", "timed out", "nodename nor servname")
+
+
 def ready(arch: str, timeout: float = 3.0) -> tuple[bool, str]:
     """Whether a ``--pretrained`` run of ``arch`` can start: the weights are in the torch cache,
     or the download server answers. The reason says which, or what to do."""
@@ -46,15 +65,15 @@ def ready(arch: str, timeout: float = 3.0) -> tuple[bool, str]:
     if target.is_file() and target.stat().st_size > 0:
         return True, f"ImageNet weights in {target}"
     url = IMAGENET_WEIGHT_URLS[arch]
-    todo = f"put {target.name} into {target.parent} (from {url}; the Train page can install it)"
+    todo = (f"install {target.name} (from {url}) on the Train page under ImageNet weights, or put it into "
+            f"{target.parent}")
     if os.environ.get("RETINO_OFFLINE"):
-        return False, f"no ImageNet weights for {arch} in the torch cache and RETINO_OFFLINE is set: {todo}"
+        return False, f"needs the ImageNet weights file, which is not in the torch cache (RETINO_OFFLINE is set): {todo}"
     try:
         with urlopen(Request(url, method="HEAD"), timeout=timeout):
             return True, f"ImageNet weights for {arch} download from {url} when the run starts"
     except (URLError, OSError, TimeoutError, ValueError) as err:
-        return False, (f"no ImageNet weights for {arch} in the torch cache, and {url} cannot be reached "
-                       f"({getattr(err, 'reason', err)}): {todo}")
+        return False, f"needs the ImageNet weights file, which is not in the torch cache, and {download_failure(err)}: {todo}"
 
 
 def install(data: bytes, name: str = "") -> tuple[str, Path]:
@@ -70,14 +89,17 @@ def install(data: bytes, name: str = "") -> tuple[str, Path]:
     label = name or "the file"
     digest = hashlib.sha256(data).hexdigest()
     arch = next((a for a in ARCHS if digest.startswith(hash_prefix(a))), None)
-    if arch is None:
-        expected = ", ".join(f"{file_name(a)} ({hash_prefix(a)}…)" for a in ARCHS)
-        raise WeightsError(f"{label}: its SHA-256 starts {digest[:8]}, which is neither of torchvision's ImageNet "
-                           f"weights files: {expected}. Download it again from the address in the README")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # never runs code
     except Exception as err:  # noqa: BLE001 - any failure to load safely is the same refusal
-        raise WeightsError(f"{label} is not a loadable state dict ({refused_load(err)})") from None
+        state, why = None, refused_load(err)
+    if arch is None:
+        expected = " or ".join(f"{file_name(a)} ({hash_prefix(a)}…, from {IMAGENET_WEIGHT_URLS[a]})" for a in ARCHS)
+        raise WeightsError(f"{label} is not torchvision's ImageNet weights for ResNet18 or ResNet50: "
+                           f"{_what_it_is(state, why if state is None else '')}; its SHA-256 starts {digest[:8]}, "
+                           f"and the right files are {expected}")
+    if state is None:
+        raise WeightsError(f"{label} is not a loadable state dict ({why})") from None
     model = getattr(tvm, arch)(weights=None, num_classes=1000)
     try:
         model.load_state_dict(state)
@@ -90,6 +112,19 @@ def install(data: bytes, name: str = "") -> tuple[str, Path]:
     tmp.write_bytes(data)
     os.replace(tmp, target)  # a trainer reading the cache never sees half a file
     return arch, target
+
+
+def _what_it_is(state, why: str) -> str:
+    """What a file that is not the ImageNet weights is instead, as far as can be told safely."""
+    if state is None:
+        return f"it is not a PyTorch weights file at all ({why})"
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        return ("it is a retino checkpoint (a trained run), not ImageNet weights: to start from it, use "
+                "'Start from a weights file' on the Train page (--weights)")
+    if isinstance(state, dict):
+        return ("it is a PyTorch state dict, but not the published one (another model's weights, or a "
+                "re-saved or changed copy): to start from it, use 'Start from a weights file' (--weights)")
+    return f"it holds a {type(state).__name__}, not a state dict of tensors"
 
 
 def install_from(path: str | os.PathLike) -> tuple[str, Path]:

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import runs
+from ..training import launch
 from ..runs import RunInfo
 
 # The rate behind an ETA comes from recent step rows; an older gap (a pause before a resume,
@@ -73,6 +77,7 @@ class Progress:
     images_per_s: float | None
     eta_s: float | None
     train_loss: float | None
+    epochs_done: int = 0
 
     @property
     def text(self) -> str:
@@ -80,6 +85,10 @@ class Progress:
             return "waiting in the queue"
         if not self.steps:
             return f"{self.state}: starting (loading data and model)" if self.state == "running" else self.state
+        if self.state not in ("running", "done"):  # where it stopped
+            partial = self.epoch > self.epochs_done and self.step < self.steps
+            return (f"{self.epochs_done}/{self.epochs} epochs done"
+                    + (f" · stopped at step {self.step}/{self.steps} of epoch {self.epoch}" if partial else ""))
         parts = [f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.steps}"]
         if self.images_per_s:
             parts.append(f"{self.images_per_s:,.0f} images/s")
@@ -93,15 +102,20 @@ def _row_fraction(row: dict, epochs: int) -> float:
     return (int(row.get("epoch") or 1) - 1 + int(row.get("step") or 0) / steps) / max(epochs, 1)
 
 
-def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> Progress:
-    """Progress, speed and ETA of ``run`` from its step rows (oldest first)."""
+def run_progress(run: RunInfo, steps: list[dict] | None = None, now: float | None = None) -> Progress:
+    """Progress, speed and ETA of ``run``: the epochs it finished plus the steps of the epoch it
+    was in, from its metric rows (``steps``: its step rows, oldest first, read when not given)."""
     now = time.time() if now is None else now
     epochs = int(run.config.get("epochs") or (run.status.get("progress") or {}).get("epochs") or 1)
-    if not steps:
+    steps = runs.step_rows(run.path) if steps is None else steps
+    finished = max((int(r.get("epoch") or 0) for r in runs.epoch_rows(run.path)), default=0)
+    if not steps and not finished:
         done = 1.0 if run.state == "done" else 0.0
         return Progress(run.state, done, 0, epochs, 0, 0, None, None, None)
-    last = steps[-1]
-    fraction = 1.0 if run.state == "done" else min(_row_fraction(last, epochs), 1.0)
+    last = steps[-1] if steps else {}
+    in_epoch = last and int(last.get("epoch") or 0) == finished + 1
+    partial = int(last.get("step") or 0) / max(int(last.get("steps") or 1), 1) if in_epoch else 0.0
+    fraction = 1.0 if run.state == "done" else min((finished + partial) / max(epochs, 1), 1.0)
     window = steps[-ETA_WINDOW_ROWS:]
     for i in range(len(window) - 1, 0, -1):
         if window[i]["time"] - window[i - 1]["time"] > ETA_MAX_GAP_S:
@@ -113,8 +127,32 @@ def run_progress(run: RunInfo, steps: list[dict], now: float | None = None) -> P
         spent = window[-1]["time"] - window[0]["time"]
         if gained > 0 and spent > 0:
             eta = max((1 - fraction) * spent / gained - (now - last["time"]), 0.0)
-    return Progress(run.state, fraction, int(last.get("epoch") or 0), epochs, int(last.get("step") or 0),
-                    int(last.get("steps") or 0), last.get("images_per_s"), eta, last.get("train_loss"))
+    epoch, step = (int(last.get("epoch") or 0), int(last.get("step") or 0)) if in_epoch or not finished \
+        else (finished, int(last.get("steps") or 0))
+    return Progress(run.state, fraction, epoch, epochs, step, int(last.get("steps") or 0),
+                    last.get("images_per_s"), eta, last.get("train_loss"), finished)
+
+
+# A run's state in the user's words: who stopped it, and why it ended.
+def state_text(run: RunInfo, place: int | None = None) -> str:
+    """``queued · 2nd in line``, ``running``, ``done``, ``stopped by you``, ``cancelled by you``,
+    ``failed``, ``interrupted`` (``place``: the run's 1-based place in the queue)."""
+    state, by_user = run.state, run.status.get("stopped_by") == "user"
+    if state == "queued":
+        return "queued" + (f" · {ordinal(place)} in line" if place else "")
+    if state == "interrupted" and by_user:
+        return "stopped by you"
+    if state == "cancelled":
+        return "cancelled by you" if by_user else "cancelled"
+    if state == "interrupted" and run.status.get("stale"):
+        return "interrupted: the trainer stopped"
+    return state
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def slot_text(run: RunInfo) -> str:
@@ -149,3 +187,23 @@ def verdict_badge(trust: dict | None) -> str:
     if not trust:
         return ":gray[not judged]"
     return f":{verdict_colour(trust)}[**{trust['verdict']}**]"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def log_tail(run: RunInfo, max_lines: int = 60, max_bytes: int = 64_000) -> str:
+    """The end of the run's train.log as a terminal last showed it: a progress bar's redraws
+    (carriage returns) keep only their last state, colour codes go. "" when there is no log."""
+    try:
+        with open(launch.log_path(run.path), "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = []
+    for line in _ANSI.sub("", data).replace("\r\n", "\n").split("\n"):
+        shown = [part.rstrip() for part in line.split("\r") if part.strip()]
+        if shown:
+            lines.append(shown[-1])
+    return "\n".join(lines[-max_lines:])

@@ -76,12 +76,31 @@ CONFUSION_SCALE = "Blues"
 
 
 def _style(fig: go.Figure, title: str = "", height: int = 360) -> go.Figure:
+    # The legend sits at the bottom of the whole figure (the container), below the x axis's title,
+    # and the figure grows by its rows instead of squeezing the plot.
     fig.update_layout(
-        title=dict(text=title, x=0, xanchor="left"), height=height, template="plotly_white",
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+        title=dict(text=title, x=0, xanchor="left"), height=height + LEGEND_ROW_PX * _legend_lines(fig),
+        template="plotly_white", margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, xanchor="left", x=0),
     )
     return fig
+
+
+LEGEND_ROW_PX, LEGEND_PER_ROW = 20, 4
+
+
+def _legend_lines(fig: go.Figure) -> int:
+    """About how many lines the horizontal legend takes: its groups, a few to a row, each as tall
+    as its entries."""
+    groups: dict = {}
+    for i, t in enumerate(fig.data):
+        if getattr(t, "showlegend", False) is not False and t.name and fig.layout.showlegend is not False:
+            key = getattr(t, "legendgroup", None) or f"#{i}"
+            groups[key] = groups.get(key, 0) + 1
+    if not groups:
+        return 0
+    tallest = max(groups.values())
+    return -(-len(groups) // LEGEND_PER_ROW) * tallest + (1 if tallest > 1 else 0)
 
 
 def display_image(img, side: int = 112):
@@ -362,11 +381,30 @@ def cam_figure(image, heat: np.ndarray, mask: np.ndarray | None = None, opacity:
     return fig
 
 
-def parallel_coordinates(frame, metric: str) -> go.Figure:
-    """Runs as lines across their hyperparameters, coloured by ``metric`` (plotly Parcoords).
+# Axis titles a reader understands, for the settings that usually differ between runs.
+SETTING_TITLES = {"arch": "architecture", "pretrained": "ImageNet start", "lr": "learning rate",
+                  "batch_size": "batch size", "image_size": "image size (px)", "weight_decay": "weight decay",
+                  "label_smoothing": "label smoothing", "max_steps_per_epoch": "max steps / epoch",
+                  "warmup_epochs": "warm-up epochs", "ema": "weight EMA", "tta": "flip TTA", "val_fraction": "val share",
+                  "select_metric": "selected on", "num_workers": "loader workers", "channels_last": "channels last",
+                  "gpu_data": "GPU data path", "test_qwk": "test QWK", "test_acc": "test accuracy",
+                  "test_auc": "test AUC", "test_referable_auc": "referable-DR AUC"}
+TICK_CHARS = 16
 
-    Text columns get one tick per value; columns that never vary are left out.
-    """
+
+def setting_title(key: str) -> str:
+    return SETTING_TITLES.get(key, key.replace("_", " "))
+
+
+def _tick(value) -> str:
+    text = "none" if value is None else str(value).rstrip("/").rsplit("/", 1)[-1]  # a data path: its last part
+    return text if len(text) <= TICK_CHARS else text[:TICK_CHARS - 1] + "…"
+
+
+def parallel_coordinates(frame, metric: str) -> go.Figure:
+    """Runs as lines across their settings, coloured by ``metric`` (plotly Parcoords), which is
+    also the last axis. Text columns get one tick per value; columns that never vary are left out.
+    Titles are tilted and the margins hold them and the tick labels."""
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     dims = []
@@ -374,12 +412,17 @@ def parallel_coordinates(frame, metric: str) -> go.Figure:
         if col == "run" or frame[col].nunique(dropna=False) < 2 and col != metric:
             continue
         values = frame[col]
-        if not is_numeric_dtype(values) or is_bool_dtype(values):
-            cats = sorted(values.astype(str).unique())
-            dims.append(dict(label=col, values=[cats.index(str(v)) for v in values],
+        title = setting_title(col)
+        if not is_numeric_dtype(values) or is_bool_dtype(values) or values.isna().any():
+            cats = sorted({_tick(v) for v in values})
+            dims.append(dict(label=title, values=[cats.index(_tick(v)) for v in values],
                              tickvals=list(range(len(cats))), ticktext=cats))
         else:
-            dims.append(dict(label=col, values=values.astype(float).tolist()))
-    fig = go.Figure(go.Parcoords(line=dict(color=frame[metric].astype(float), colorscale="Viridis", showscale=True,
-                                           colorbar=dict(title=metric)), dimensions=dims))
-    return _style(fig, "", 380)
+            dims.append(dict(label=title, values=values.astype(float).tolist()))
+    fig = go.Figure(go.Parcoords(
+        line=dict(color=frame[metric].astype(float), colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=dict(text=setting_title(metric), side="right"))),
+        dimensions=dims, labelangle=-20, labelside="top", labelfont=dict(size=13), tickfont=dict(size=11)))
+    _style(fig, "", 420)
+    fig.update_layout(margin=dict(l=70, r=90, t=90, b=30))
+    return fig

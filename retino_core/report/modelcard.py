@@ -451,6 +451,6 @@ def write(card: Card, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name, text in ((CARD_MD, to_markdown(card)), (CARD_HTML, to_html(card))):
-        runs.atomic_write_bytes(folder / name, text.encode("utf-8"))
+        runs.atomic_write(folder / name, text.encode("utf-8"))
         out.append(folder / name)
     return out

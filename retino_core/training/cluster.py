@@ -34,6 +34,7 @@ from . import launch
 
 BACKENDS = ("local", "submitit-local", "slurm")
 JOB_BACKENDS = ("submitit-local", "slurm")
+JOB_FILE = "job.json"  # in a run folder (the layout in runs.py): the job that trains the run
 JOBS_DIR = ".submitit"  # in the runs folder: submitit's pickles and logs, a folder per job
 JOB_NAME = "retino"
 # Without a limit submitit's local controller kills a task after 2 minutes, SLURM after 5.
@@ -134,13 +135,13 @@ class TrainJob:
 
 def read_job(run_dir: Path) -> dict:
     """The run's job.json (backend, job id, submitit's folder, ...); {} for runs no job trains."""
-    found = runs.read_json(Path(run_dir) / runs.JOB_FILE, {})
+    found = runs.read_json(Path(run_dir) / JOB_FILE, {})
     return found if isinstance(found, dict) else {}
 
 
 def write_job(run_dir: Path, record: dict) -> None:
     """Replace the run's job.json with ``record``."""
-    runs.write_json(Path(run_dir) / runs.JOB_FILE, record)
+    runs.write_json(Path(run_dir) / JOB_FILE, record)
 
 
 def _jobs_folder(runs_dir: Path) -> Path:
@@ -420,22 +421,22 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
     return launch.stop(run_id, runs_dir, timeout)
 
 
-def resume(run_id: str, runs_dir: Path | None = None) -> Path:
-    """Continue a run from its last checkpoint: in the worker's queue, or as a new job of the
-    backend and with the resources of the job that trained it."""
-    return _again(launch.resume, run_id, runs_dir)
+def resume(run_id: str, runs_dir: Path | None = None, first: bool = False) -> Path:
+    """Continue a run from its last checkpoint: in the worker's queue (``first``: next to start),
+    or as a new job of the backend and with the resources of the job that trained it."""
+    return _again(launch.resume, run_id, runs_dir, first)
 
 
-def start_again(run_id: str, runs_dir: Path | None = None) -> Path:
+def start_again(run_id: str, runs_dir: Path | None = None, first: bool = False) -> Path:
     """Train a run that saved no checkpoint from the start, where it trained before."""
-    return _again(launch.start_again, run_id, runs_dir)
+    return _again(launch.start_again, run_id, runs_dir, first)
 
 
-def _again(queue, run_id: str, runs_dir: Path | None) -> Path:
+def _again(queue, run_id: str, runs_dir: Path | None, first: bool = False) -> Path:
     path = runs.run_path(run_id, runs_dir)
     before = runs.read_status(path)
     if before.get("backend") not in JOB_BACKENDS:
-        return queue(run_id, runs_dir)
+        return queue(run_id, runs_dir, first=first)
     queue(run_id, runs_dir, start_worker=False)  # checks it may, and marks it queued
     try:
         resubmit(path, launch.visible_gpus())

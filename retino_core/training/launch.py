@@ -12,6 +12,8 @@ runs folder and trains up to one run per **slot** at a time:
   runs do not fight over OpenMP threads;
 - a run with ``processes`` k (torchrun) takes k slots and starts when k are free; the queue
   is first come, first served, so a large run is never overtaken for ever by small ones.
+  A run's place is the time it was (last) queued: a resumed or restarted run joins the back,
+  unless it is asked to go next.
 
 The number of slots is a setting of the runs folder (``set_parallel``), read by the worker
 every time it looks for work, so the app and the CLI agree. Each running run's slot is in its
@@ -105,7 +107,7 @@ def enqueue(config: dict, runs_dir: Path | None = None, dedupe: bool = True,
         name = cfg.name or f"{cfg.arch}-{'pre' if cfg.pretrained else 'scratch'}"
         run_dir = runs.create_run_dir(name, base)
         runs.write_json(run_dir / "config.json", {**cfg.to_dict(), "created": runs.now_iso()})
-        runs.write_status(run_dir, "queued", created=runs.now_iso(), pid=None,
+        runs.write_status(run_dir, "queued", created=runs.now_iso(), pid=None, queued_ts=time.time(),
                           **({} if backend == "local" else {"backend": backend}))
     if start_worker and backend == "local":
         spawn_worker(base)
@@ -140,10 +142,26 @@ def ensure_worker(runs_dir: Path | None = None) -> bool:
     return True
 
 
+def queue(runs_dir: Path | None = None, all_runs: list[runs.RunInfo] | None = None) -> list[runs.RunInfo]:
+    """The queued runs in the order they start: first come (last queued), first served."""
+    listed = runs.list_runs(runs_dir) if all_runs is None else all_runs
+    return sorted((r for r in listed if r.state == "queued"), key=queued_at)
+
+
+def queued_at(run: runs.RunInfo) -> tuple[float, str, str]:
+    """A run's place in the queue: when it was last queued (0 for runs queued before that was kept)."""
+    return float(run.status.get("queued_ts") or 0.0), run.created, run.run_id
+
+
 def next_queued(runs_dir: Path) -> runs.RunInfo | None:
-    """The oldest queued run this machine's worker trains (not one a SLURM or submitit job does)."""
-    queued = [r for r in runs.list_runs(runs_dir) if r.state == "queued" and r.status.get("backend") is None]
-    return min(queued, key=lambda r: (r.created, r.run_id)) if queued else None
+    """The queued run that waited longest (or was asked to go next) of those this machine's
+    worker trains (not one a SLURM or submitit job does)."""
+    return next((r for r in queue(runs_dir) if r.status.get("backend") is None), None)
+
+
+def _queued_ts(base: Path, first: bool) -> float:
+    """Now (the back of the queue), or just before every waiting run (``first``: next to start)."""
+    return min([queued_at(r)[0] for r in queue(base)] + [time.time()]) - 1.0 if first else time.time()
 
 
 @dataclass(frozen=True)
@@ -301,7 +319,7 @@ def _launch(run: runs.RunInfo, slots: list[Slot]) -> _Job:
     slot = Slot.merge(slots)
     launch = uuid.uuid4().hex[:12]
     cmd = trainer_cmd(run.path, bool(run.status.get("resume")), processes_of(run.config))
-    with open(run.path / "train.log", "ab") as log:
+    with open(log_path(run.path), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=runs.PROJECT_ROOT, env=slot.env(launch))
     runs.write_status(run.path, "running", pid=proc.pid, launcher_pid=proc.pid, launch=launch,
@@ -334,7 +352,7 @@ def _finish(job: _Job) -> None:
         code = job.proc.returncode
         state = "interrupted" if code in (-signal.SIGKILL, -signal.SIGTERM) else "failed"
         why = f"trainer exited with code {code}"
-    runs.write_status(job.run_dir, state, pid=None, error=f"{why}; see train.log: {_tail(job.run_dir / 'train.log')}")
+    runs.write_status(job.run_dir, state, pid=None, error=f"{why}; see train.log: {_tail(log_path(job.run_dir))}")
 
 
 def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | None = None,
@@ -385,6 +403,11 @@ def worker(runs_dir: Path | None = None, poll: bool = False, parallel: int | Non
             time.sleep(POLL_S if jobs else 1.0)
 
 
+def log_path(run_dir: Path) -> Path:
+    """The trainer's output (stdout and stderr), written to the run folder when the queue starts it."""
+    return Path(run_dir) / "train.log"
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
@@ -405,9 +428,10 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
     if status["state"] == "queued":
         # A queued resume keeps its checkpoint and can resume again; a fresh run has nothing.
         if status.get("resume"):
-            runs.write_status(path, "interrupted", resume=False, error="stopped while queued to resume")
+            runs.write_status(path, "interrupted", resume=False, stopped_by="user",
+                              error="stopped by you while it waited to resume; Resume continues from the last checkpoint")
             return "interrupted"
-        runs.write_status(path, "cancelled", error="cancelled before it started")
+        runs.write_status(path, "cancelled", stopped_by="user", error="cancelled by you before it started")
         return "cancelled"
     if status["state"] != "running":
         return status["state"]
@@ -420,17 +444,22 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
             time.sleep(0.1)
         if runs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-    for _ in range(int(10 * timeout) if on_job else 50):  # the worker or the trainer records the end state
+    state = "running"
+    for _ in range(int(10 * timeout) if on_job else 50):  # the worker or the trainer itself records the end state
         state = runs.read_status(path)["state"]
         if state != "running":
-            return state
+            break
         time.sleep(0.1)
-    runs.write_status(path, "interrupted", error="stopped by the user")
-    return "interrupted"
+    if state in ("running", "interrupted"):  # said in the user's words, not the signal's
+        runs.write_status(path, "interrupted", stopped_by="user",
+                          error="stopped by you; Resume continues from the last checkpoint")
+        return "interrupted"
+    return state
 
 
-def resume(run_id: str, runs_dir: Path | None = None, start_worker: bool = True) -> Path:
-    """Queue an interrupted or failed run to continue from its last checkpoint."""
+def resume(run_id: str, runs_dir: Path | None = None, start_worker: bool = True, first: bool = False) -> Path:
+    """Queue an interrupted or failed run to continue from its last checkpoint, at the back of
+    the queue (``first``: next to start)."""
     base = _base(runs_dir)
     path = runs.run_path(run_id, base)
     state = runs.read_status(path)["state"]
@@ -438,7 +467,8 @@ def resume(run_id: str, runs_dir: Path | None = None, start_worker: bool = True)
         raise runs.RunError(f"run {run_id!r} is {state}; only interrupted or failed runs resume")
     if not runs.checkpoint_path(path, "last").exists():
         raise runs.RunError(f"run {run_id!r} has no last checkpoint yet; start it again instead")
-    runs.write_status(path, "queued", resume=True, error=None, **_NOT_STARTED)
+    runs.write_status(path, "queued", resume=True, error=None, stopped_by=None,
+                      queued_ts=_queued_ts(base, first), **_NOT_STARTED)
     if start_worker:
         spawn_worker(base)
     return path
@@ -454,15 +484,17 @@ def can_start_again(run: runs.RunInfo) -> bool:
     return run.state in ("cancelled", "interrupted", "failed") and not runs.checkpoint_path(run.path, "last").exists()
 
 
-def start_again(run_id: str, runs_dir: Path | None = None, start_worker: bool = True) -> Path:
-    """Queue a run that has no checkpoint to train from the start, with its config unchanged."""
+def start_again(run_id: str, runs_dir: Path | None = None, start_worker: bool = True, first: bool = False) -> Path:
+    """Queue a run that has no checkpoint to train from the start, with its config unchanged
+    (at the back of the queue, or next with ``first``)."""
     base = _base(runs_dir)
     path = runs.run_path(run_id, base)
     run = runs.load_run(path)
     if not can_start_again(run):
         raise runs.RunError(f"run {run_id!r} is {run.state}" + ("; resume it instead" if can_resume(run) else ""))
-    runs.atomic_write_bytes(path / "metrics.jsonl", b"")
-    runs.write_status(path, "queued", resume=False, error=None, progress={}, **_NOT_STARTED)
+    runs.atomic_write(path / "metrics.jsonl", b"")
+    runs.write_status(path, "queued", resume=False, error=None, progress={}, stopped_by=None,
+                      queued_ts=_queued_ts(base, first), **_NOT_STARTED)
     if start_worker:
         spawn_worker(base)
     return path

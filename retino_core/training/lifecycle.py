@@ -23,7 +23,7 @@ from .trainer import fit
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Interrupted(f"stopped by signal {signum}")
+    raise Interrupted(f"stopped from outside (signal {signal.Signals(signum).name})")
 
 
 def _one_line(err: BaseException) -> str:
@@ -48,7 +48,7 @@ def _retry_smaller_batch(cfg: TrainConfig, run_dir: Path, rec: "Recorder", notes
     runs.write_json(run_dir / "config.json",
                     {**(runs.read_json(run_dir / "config.json", {}) or {}), "batch_size": smaller})
     if not runs.checkpoint_path(run_dir, "last").exists():
-        runs.atomic_write_bytes(rec.metrics, b"")
+        runs.atomic_write(rec.metrics, b"")
     rec.status("running", notes=list(notes))
     return cfg.replace(batch_size=smaller)
 

@@ -29,6 +29,11 @@ def _workers(cfg: TrainConfig, source: DataSource, device: torch.device) -> int:
         return cfg.num_workers
     if device.type == "cpu" and source.kind == "retinamnist":
         return 0  # tiny in-memory images: workers would only compete for the 2 cores
+    if device.type == "cpu":
+        # Torch's own threads use every core (unless told fewer): a worker would take its core
+        # from the model, and on 2 cores decoding in the training process was as fast or ~10 %
+        # faster (bench/throughput.py --workers 1 vs 0). Workers get only the cores left free.
+        return max(0, min(8, len(usable_cpus()) - torch.get_num_threads()))
     return max(0, min(8, len(usable_cpus()) - 1))
 
 

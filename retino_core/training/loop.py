@@ -4,6 +4,7 @@ loader. One code path for CPU and CUDA (bf16 autocast, channels_last, no per-ste
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import nullcontext
@@ -66,9 +67,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module,
     seen = 0
     t0 = last = time.monotonic()
     seen_at_last = 0
-    for step, (x, y) in enumerate(loader):
-        if step >= steps:
-            break
+    # islice: a capped epoch does not load (and augment) one batch more than it trains on.
+    for step, (x, y) in enumerate(itertools.islice(loader, steps)):
         x, y = _to_device(x, y, device, cfg)
         with _autocast(cfg, device):
             logits = model(x)

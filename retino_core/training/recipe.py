@@ -108,10 +108,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) ->
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Fused kernels on the CPU too: one pass over the weights instead of one per operation,
+    # 2.5x (SGD) to 3.5x (AdamW) faster than foreach for a ResNet18 here (bench/throughput.py).
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
-    return torch.optim.AdamW(groups, lr=cfg.lr, **fast)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

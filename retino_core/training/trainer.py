@@ -36,7 +36,7 @@ from .device import prepare_device
 from .loaders import build_loaders, open_data
 from .loop import StepReport, evaluate, predict_logits, train_one_epoch
 from .recipe import build_loss, build_optimizer, lr_factor, weight_ema
-from .recorder import Recorder, checkpoint_dict, save_checkpoint
+from .recorder import CheckpointWriter, Recorder, checkpoint_dict, save_checkpoint
 
 
 def _score(metrics: dict, split: str, metric: str) -> float:
@@ -100,7 +100,7 @@ def resume_training(t: Training, run_dir: Path, rec: "Recorder", device: torch.d
     t.start_epoch, t.best_score, t.best_epoch = ck["epoch"] + 1, ck["best_score"], ck["best_epoch"]
     # Drop rows of the epoch that was cut off, so charts show one clean history.
     kept = [r for r in runs.read_metrics(run_dir) if int(r.get("epoch", 0)) <= ck["epoch"]]
-    runs.atomic_write_bytes(rec.metrics, b"")
+    runs.atomic_write(rec.metrics, b"")
     runs.append_jsonl(rec.metrics, kept + [{"kind": "resume", "epoch": ck["epoch"], "time": time.time()}])
 
 
@@ -122,8 +122,11 @@ def _step_reporter(rec: "Recorder", epoch: int, bar) -> Callable[[StepReport], N
 
 
 def run_epochs(cfg: TrainConfig, t: Training, loaders: dict, device: torch.device, run_dir: Path,
-               rec: "Recorder", select_split: str, quiet: bool) -> None:
-    """Train, evaluate and checkpoint each remaining epoch; best.pt follows the selection score."""
+               rec: "Recorder", select_split: str, quiet: bool, writer: CheckpointWriter) -> None:
+    """Train, evaluate and checkpoint each remaining epoch; best.pt follows the selection score.
+
+    The checkpoints of an epoch are written by ``writer`` while the next one trains.
+    """
     ckdir = run_dir / "checkpoints"
     t_start = time.monotonic()
     for epoch in range(t.start_epoch, cfg.epochs + 1):
@@ -142,15 +145,19 @@ def run_epochs(cfg: TrainConfig, t: Training, loaders: dict, device: torch.devic
         improved = score > t.best_score or t.best_epoch == 0  # a NaN score still leaves a best.pt
         if improved:
             t.best_score, t.best_epoch = score, epoch
-            save_checkpoint(checkpoint_dict(t.eval_model, cfg, epoch, {"selected_on": select_split}), ckdir / "best.pt")
-        # The epoch's row before its last.pt: a checkpoint never claims an epoch the metrics lack
-        # (a trainer stopped between the two resumes from the previous epoch and drops this row).
+        # The epoch's row before its checkpoints: a checkpoint never claims an epoch the metrics
+        # lack (a trainer stopped before last.pt is on disk resumes from the previous epoch and
+        # drops this row).
         rec.row("epoch", epoch=epoch, best=improved, elapsed=time.monotonic() - t_start, **row)
         extra = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                  "best_score": t.best_score, "best_epoch": t.best_epoch}
         if t.ema is not None:
             extra["ema"] = t.ema.state_dict()
-        save_checkpoint(checkpoint_dict(t.model, cfg, epoch, extra), ckdir / "last.pt")
+        files = [(checkpoint_dict(t.model, cfg, epoch, extra), ckdir / "last.pt")]
+        if improved:
+            files.insert(0, (checkpoint_dict(t.eval_model, cfg, epoch, {"selected_on": select_split}),
+                             ckdir / "best.pt"))
+        writer.submit(files)
         rec.progress.update(epoch=epoch, best_epoch=t.best_epoch,
                             **{k: row.get(k) for k in ("val_acc", "test_acc", "val_qwk", "test_qwk")})
         rec.close_bar()
@@ -176,7 +183,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
                 for s in source.splits if s != "train"}
     rec.progress = {"epoch": training.start_epoch - 1, "epochs": cfg.epochs, "device": str(device),
                     "selected_on": select_split, **baseline}
-    run_epochs(cfg, training, loaders, device, run_dir, rec, select_split, quiet)
+    with CheckpointWriter() as writer:  # leaving it waits for the last epoch's files
+        run_epochs(cfg, training, loaders, device, run_dir, rec, select_split, quiet, writer)
 
     summary = finalize(cfg, run_dir, source, loaders, device, training.best_epoch, select_split)
     # Summed from the epoch rows, so time spent before a resume is counted too.
@@ -264,5 +272,5 @@ def _write_predictions(run_dir: Path, source: DataSource, logits: dict) -> None:
         for c in range(NUM_CLASSES):
             df[f"logit{c}"] = lg[:, c]
         frames.append(df)
-    runs.atomic_write_bytes(run_dir / "predictions.csv",
+    runs.atomic_write(run_dir / "predictions.csv",
                             pd.concat(frames).to_csv(index=False, float_format="%.6g").encode())

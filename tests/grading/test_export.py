@@ -414,7 +414,7 @@ def test_model_card_of_a_usable_run_and_of_an_export(usable_run: Path, onnx_expo
 def test_model_card_of_a_run_without_logits(runs_dir: Path) -> None:
     from app_fixtures import write_run
 
-    run_dir = write_run(runs_dir, skill=0)  # an older predictions.csv: probabilities, no logits
+    run_dir = write_run(runs_dir, skill=0, logits=False)  # an older predictions.csv: probabilities, no logits
     md = modelcard.to_markdown(modelcard.build(run_dir))
     # Log-probabilities stand in for the logits: every temperature scales both to the same probabilities.
     point = modelcard.referable_point(run_dir)

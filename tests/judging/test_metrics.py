@@ -71,3 +71,16 @@ def test_auc_with_missing_grades_uses_the_present_ones():
     probs = one_hot(np.array([0, 0, 2, 2]))
     assert metrics.macro_auc(y, probs) == pytest.approx(1.0)
     assert metrics.macro_auc(np.zeros(3, int), probs[:3]) is None
+
+
+def test_the_roc_curve_is_scikit_learns_point_for_point():
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(0)
+    for n in (3, 40, 700):
+        for digits in (None, 1):  # distinct scores, and many ties
+            y = rng.random(n) < 0.3
+            y[:2] = True, False
+            scores = rng.random(n) if digits is None else np.round(rng.random(n), digits)
+            for ours, theirs in zip(metrics.roc_curve(y, scores), roc_curve(y, scores)):
+                np.testing.assert_array_equal(ours, theirs)

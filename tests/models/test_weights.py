@@ -115,3 +115,37 @@ def test_the_train_page_installs_a_right_file_and_refuses_a_wrong_one(cache: Pat
     next(b for b in at.button if b.label == "Check and install").click().run()
     assert not at.exception and "Installed the ImageNet weights of resnet18" in at.success[0].value
     assert (cache / "resnet18-f37072fd.pth").read_bytes() == data
+
+
+def test_a_wrong_file_is_told_apart_from_the_weights_by_what_it_is(cache: Path):
+    def refusal(data: bytes) -> str:
+        with pytest.raises(WeightsError) as err:
+            weights.install(data, "download.pth")
+        return str(err.value)
+
+    text = refusal(b"<html>404 Not Found</html>")  # a web page saved under the file's name
+    assert text.startswith("download.pth is not torchvision's ImageNet weights for ResNet18 or ResNet50")
+    assert "not a PyTorch weights file at all" in text and "resnet50-0676ba61.pth" in text and "README" not in text
+    checkpoint = saved({"model": tvm.resnet18(num_classes=5).state_dict(), "config": {"arch": "resnet18"}, "epoch": 1})
+    assert "a retino checkpoint (a trained run), not ImageNet weights" in refusal(checkpoint)
+    assert "a PyTorch state dict, but not the published one" in refusal(saved({"w": torch.zeros(2)}))
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_a_failed_download_is_said_in_plain_words(cache: Path, monkeypatch):
+    import socket
+    from urllib.error import HTTPError, URLError
+
+    offline = URLError(socket.gaierror(-2, "Name or service not known"))
+    assert weights.download_failure(offline) == "no network here: the file can't be downloaded"
+    assert weights.download_failure(URLError(TimeoutError("timed out"))) == "no network here: the file can't be downloaded"
+    assert "answered HTTP 404" in weights.download_failure(HTTPError("u", 404, "Not Found", {}, None))
+    monkeypatch.delenv("RETINO_OFFLINE")
+
+    def no_network(*args, **kwargs):
+        raise offline
+
+    monkeypatch.setattr(weights, "urlopen", no_network)
+    ok, reason = weights.ready("resnet18")
+    assert not ok and "no network here: the file can't be downloaded" in reason and "Errno" not in reason
+    assert reason.startswith("needs the ImageNet weights file") and "Train page" in reason

@@ -147,9 +147,11 @@ def test_overview_trains_all_four(runs_dir: Path, no_worker: list, weights_cache
 
 def test_a_run_started_on_train_shows_on_live(runs_dir: Path, tiny_npz: Path, no_worker: list) -> None:
     at = open_page("train")
-    at.text_input[0].set_value(str(tiny_npz))
-    at.number_input(key="epochs-cpu").set_value(1)
-    at.number_input(key="size-cpu").set_value(32)
+    at.text_input(key="train_data").set_value(str(tiny_npz))
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_size").set_value(32)
+    at.run()
+    assert runs.list_runs(runs_dir) == []  # a changed field queues nothing: only the buttons do
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and not at.error
     (run,) = runs.list_runs(runs_dir)
@@ -158,13 +160,16 @@ def test_a_run_started_on_train_shows_on_live(runs_dir: Path, tiny_npz: Path, no
 
     at.switch_page("pages/live.py").run()
     assert not at.exception
-    assert run.run_id in at.multiselect[0].value
+    assert f"**{run.run_id.split('-', 2)[2]}" in texts(at)  # followed: every queued or running run is shown
     assert "waiting in the queue" in [p.proto.text for p in at.get("progress")][0]
+    at.switch_page("pages/train.py").run()  # the fields kept their values through the page switch
+    assert at.number_input(key="train_epochs").value == 1 and at.number_input(key="train_size").value == 32
+    assert at.text_input(key="train_data").value == str(tiny_npz)
 
 
 def test_train_rejects_bad_settings(runs_dir: Path, tmp_path: Path, no_worker: list) -> None:
     at = open_page("train")
-    at.text_input[0].set_value(str(tmp_path))  # a folder without the lab CSVs
+    at.text_input(key="train_data").set_value(str(tmp_path))  # a folder without the lab CSVs
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception
     assert "lacks train_img.csv" in at.error[0].value
@@ -174,7 +179,7 @@ def test_train_rejects_bad_settings(runs_dir: Path, tmp_path: Path, no_worker: l
 def test_train_stops_resumes_and_deletes(runs_dir: Path, no_worker: list) -> None:
     queued = write_run(runs_dir, state="queued")
     at = open_page("train")
-    assert at.dataframe[0].value["run"].tolist() == [queued.name]
+    assert at.dataframe[0].value["name"].tolist() == [f"results?run={queued.name}"]  # a link to its page
     next(b for b in at.button if b.label == "Stop").click().run()
     assert runs.read_status(queued)["state"] == "cancelled"  # it never started: nothing to resume
     assert not any(b.label == "Resume" for b in at.button)
@@ -547,7 +552,7 @@ def test_results_of_a_model_without_mistakes_still_offers_the_card_and_export(go
 
 def test_train_says_the_datasets_warnings_before_queueing(runs_dir: Path, lab_folder: Path, no_worker: list) -> None:
     at = open_page("train")
-    at.text_input[0].set_value(str(lab_folder))  # 12 test images: every grade has fewer than 5
+    at.text_input(key="train_data").set_value(str(lab_folder))  # 12 test images: every grade has fewer than 5
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception and not at.error
     assert "warning(s)" in at.warning[0].value and "fewer than 5" in at.warning[0].value

@@ -1,5 +1,8 @@
 """End to end in a real headless Chromium: `streamlit run streamlit_app.py`, train a tiny run
-from the browser, watch the live chart gain points, grade an upload, screenshot every page.
+from the browser, watch the live chart gain points, grade an upload, screenshot every page; the
+Train fields (Enter queues nothing, values survive a page switch) and links to a run. Every test
+also checks that the app asked nothing of any other machine and that its log has no fragment
+warnings.
 
 Screenshots go to artifacts/test-screens/. Needs Debian's chromium (/usr/bin/chromium) and
 Playwright's Python package; outside CI the test skips when the browser is missing.
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from appserver import start_app, stop_app
+from app_fixtures import write_four, write_run
 from conftest import fundus_image, jpeg_bytes, train_easy_run, write_easy_npz, write_tiny_npz
 from retino_core.training import launch
 from retino_core import runs
@@ -63,13 +67,21 @@ def app(tmp_path: Path):
 
 
 @pytest.fixture
-def page():
+def page(app, tmp_path: Path):
+    """A browser tab on the app. After the test: nothing was requested from another machine (the
+    favicon and fonts are the app's own), and the server logged no fragment warning."""
+    url, _ = app
+    elsewhere: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
         tab.set_default_timeout(UI_S * 1000)
+        tab.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
         yield tab
         browser.close()
+    assert elsewhere == [], f"the app asked other machines for: {elsewhere}"
+    log = (tmp_path / "streamlit.log").read_text(errors="replace")
+    assert "fragment rerun" not in log, log[-3000:]
 
 
 def open_page(page: Page, url: str, heading: str) -> None:
@@ -209,3 +221,51 @@ def test_train_watch_classify_in_a_browser(app, page: Page, tmp_path: Path) -> N
     expect(page.get_by_role("button", name="Delete for good")).to_have_count(0)
     assert not newest.path.exists() and other.path.exists()
     screenshot(page, "train-after-delete")
+
+
+def test_the_train_fields_queue_nothing_on_enter_and_links_open_a_run(app, page: Page) -> None:
+    url, runs_dir = app
+    write_four(runs_dir)
+    failed = write_run(runs_dir, name="broken", state="failed")
+    runs.write_status(failed, "failed", error="ImageError: scans/0042.jpeg is truncated; " + "see the log; " * 8)
+    (failed / "train.log").write_text("loading data\nepoch 1/3\nTraceback (most recent call last): boom\n")
+    small = write_run(runs_dir, name="small")
+    runs.write_json(small / "config.json", {**runs.read_json(small / "config.json"), "image_size": 32})
+    before = len(runs.list_runs(runs_dir))
+
+    # A link names a run, as the first request of a fresh server: Results opens on it, with its id,
+    # its link and its whole failure reason.
+    open_page(page, f"{url}/results?run={failed.name}", "Results")
+    expect(page.get_by_text(failed.name).first).to_be_visible()
+    expect(page.get_by_text("see the log; " * 8).first).to_be_visible()
+    expect(page.locator("code").filter(has_text=f"/results?run={failed.name}").first).to_be_visible()
+    expect(page.get_by_text("Traceback (most recent call last): boom").first).to_be_visible()  # open: it failed
+    screenshot(page, "results-failed-run")
+    # Enter in a field applies its value and queues nothing; only the buttons queue.
+    open_page(page, f"{url}/train", "Train")
+    epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("7")
+    epochs.press("Enter")
+    expect(page.get_by_text(re.compile(r"resnet18 / scratch, 7 epochs at 64 px"))).to_be_visible()
+    page.get_by_role("textbox", name="Dataset").press("Enter")
+    page.wait_for_timeout(3000)
+    assert len(runs.list_runs(runs_dir)) == before
+    expect(page.get_by_text("Press Enter to submit form")).to_have_count(0)
+    # The fields keep their values through a visit to another page.
+    page.get_by_role("link", name="Live", exact=True).click()
+    expect(page.get_by_role("heading", name="Live").first).to_be_visible()
+    page.get_by_role("link", name="Train", exact=True).click()
+    expect(page.get_by_role("spinbutton", name="Epochs", exact=True)).to_have_value("7")
+    assert len(runs.list_runs(runs_dir)) == before
+    # The search narrows the table to the run at 32 px.
+    page.get_by_text("Search runs", exact=True).click()
+    page.get_by_role("textbox", name="Settings").fill("image_size=32")
+    page.get_by_role("textbox", name="Settings").press("Enter")
+    expect(page.get_by_text("1 of 6 runs match the search.")).to_be_visible()
+    screenshot(page, "train-fields")
+
+    open_page(page, f"{url}/results?run={small.name}", "Results")
+    expect(page.get_by_text("Per grade")).to_be_visible()
+    expect(page.get_by_text(small.name).first).to_be_visible()
+    assert page.url.endswith(f"/results?run={small.name}")
+

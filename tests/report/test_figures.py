@@ -51,7 +51,7 @@ def test_parallel_coordinates_leaves_out_settings_that_never_vary():
                           "test_qwk": [0.5, 0.6, 0.55]})
     fig = figures.parallel_coordinates(frame, "test_qwk")
     labels = [d.label for d in fig.data[0].dimensions]
-    assert labels == ["arch", "lr", "pretrained", "test_qwk"]
+    assert labels == ["architecture", "learning rate", "ImageNet start", "test QWK"]  # readable titles
     assert list(fig.data[0].dimensions[0].ticktext) == ["resnet18", "resnet50"]
 
 

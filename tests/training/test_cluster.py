@@ -52,7 +52,8 @@ def test_a_submitit_local_sweep_trains_stops_and_resumes(tiny_npz, runs_dir, tmp
     assert wait_until(lambda: runs.checkpoint_path(a, "last").exists(), 300)
     first_job = cluster.read_job(a)["job_id"]
     assert cluster.stop(a.name) == "interrupted"
-    assert "signal 15" in runs.read_status(a)["error"] and cluster.job_status(runs.load_run(a))["ended"]
+    said = runs.read_status(a)["error"]  # the trainer's words for submitit's SIGTERM, or launch.stop's
+    assert ("signal SIGTERM" in said or "stopped by you" in said) and cluster.job_status(runs.load_run(a))["ended"]
     # A killed job (SIGKILL, as a node dies): the run shows as interrupted.
     assert wait_until(lambda: runs.checkpoint_path(b, "last").exists() and state(b) == "running", 300)
     os.kill(runs.read_status(b)["pid"], signal.SIGKILL)
@@ -190,7 +191,8 @@ def test_the_train_page_shows_the_job_and_stops_and_resumes_through_it(runs_dir,
     runs.write_status(run_dir, "running", pid=1, host="gpu-node-3", heartbeat_ts=9e12)  # the trainer on its node
     at = open_page("train")
     table = at.dataframe[0].value
-    assert table.loc[table["run"] == run_dir.name, "where"].tolist() == ["SLURM job 4242 · RUNNING on gpu-node-3"]
+    assert table.loc[table["name"] == f"results?run={run_dir.name}", "where"].tolist() == \
+        ["SLURM job 4242 · RUNNING on gpu-node-3"]
     next(b for b in at.button if b.label == "Stop").click().run()
     assert (bin_dir / "scancel.txt").read_text().split() == ["4242"]
     assert not at.exception and state(run_dir) == "interrupted"  # no trainer here to say so: the page did

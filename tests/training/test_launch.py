@@ -76,3 +76,44 @@ def test_ensure_worker_restarts_a_queue_nothing_drains(tiny_npz, runs_dir, monke
         assert launch.worker_active()
         assert not launch.ensure_worker()
     assert len(spawned) == 1
+
+
+def test_a_resumed_run_waits_behind_a_run_queued_before_it(tiny_npz, runs_dir):
+    """First come, first served: a run's place is when it was last queued, not when it was created."""
+    base = dict(data=str(tiny_npz), image_size=32, batch_size=8, epochs=3)
+    older, _ = launch.enqueue(make_config("cpu", seed=0, **base).to_dict(), start_worker=False)
+    runs.write_status(older, "interrupted", error="the trainer stopped without saying why (killed?)")
+    runs.checkpoint_path(older, "last").write_bytes(b"")  # resume needs a last checkpoint
+    waiting, _ = launch.enqueue(make_config("cpu", seed=1, **base).to_dict(), start_worker=False)
+    launch.resume(older.name, start_worker=False)
+    assert [r.run_id for r in launch.queue(runs_dir)] == [waiting.name, older.name]
+    assert launch.next_queued(runs_dir).run_id == waiting.name  # the worker starts this one first
+
+    assert launch.stop(older.name) == "interrupted"  # a queued resume stays resumable
+    launch.resume(older.name, start_worker=False, first=True)  # "next in line", asked for
+    assert [r.run_id for r in launch.queue(runs_dir)] == [older.name, waiting.name]
+
+
+def test_stop_says_who_stopped_the_run(tiny_npz, runs_dir):
+    from retino_core.report import display
+
+    run, _ = launch.enqueue(make_config("cpu", data=str(tiny_npz), image_size=32, epochs=1).to_dict(),
+                            start_worker=False)
+    assert launch.stop(run.name) == "cancelled"
+    info = runs.load_run(run)
+    assert display.state_text(info) == "cancelled by you" and info.status["error"] == "cancelled by you before it started"
+    runs.write_status(run, "interrupted", stopped_by=None, error="the trainer stopped without saying why (killed?)")
+    assert display.state_text(runs.load_run(run)) == "interrupted"
+
+
+def test_the_worker_trains_the_queue_in_the_order_it_was_queued(tiny_npz, runs_dir):
+    """Real trainers, one slot: a run started again after a later one was queued trains after it."""
+    base = dict(data=str(tiny_npz), image_size=32, batch_size=8, epochs=1, max_steps_per_epoch=1)
+    first, _ = launch.enqueue(make_config("cpu", seed=0, **base).to_dict(), start_worker=False)
+    assert launch.stop(first.name) == "cancelled"
+    second, _ = launch.enqueue(make_config("cpu", seed=1, **base).to_dict(), start_worker=False)
+    launch.start_again(first.name, start_worker=False)
+    ended: list = []
+    assert launch.worker(runs_dir, parallel=1, on_end=lambda d: ended.append(d.name)) == 2
+    assert ended == [second.name, first.name]
+    assert all(runs.read_status(d)["state"] == "done" for d in (first, second))
