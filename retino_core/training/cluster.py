@@ -121,7 +121,7 @@ class TrainJob:
             return {"state": state}
         resume = runs.checkpoint_path(path, "last").exists()
         if not resume and (path / "metrics.jsonl").exists():
-            runs.atomic_write_bytes(path / "metrics.jsonl", b"")  # rows of an epoch nothing saved
+            runs.atomic_write(path / "metrics.jsonl", b"")  # rows of an epoch nothing saved
         summary = run_training(path, resume=resume, quiet=True)
         return {k: summary.get(k) for k in ("test_acc", "test_qwk", "test_auc", "best_epoch")}
 

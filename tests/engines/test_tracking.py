@@ -119,7 +119,7 @@ def test_train_live_then_an_interrupted_copy_gets_its_new_epochs_appended(mlflow
     copy = copy_run(run_dir, tmp_path / "copy")
     rows = runs.read_metrics(run_dir)
     first = [r for r in rows if int(r.get("epoch", 0)) <= 1]
-    runs.atomic_write_bytes(copy / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in first).encode())
+    runs.atomic_write(copy / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in first).encode())
     for name in ("summary.json", "predictions.csv"):
         (copy / name).unlink()
     runs.write_status(copy, "interrupted", error="stopped by the user")

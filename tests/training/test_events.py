@@ -62,7 +62,7 @@ def test_a_trained_run_has_its_scalars_and_hparams(finished_run: Path) -> None:
 
 
 def _write_rows(run_dir: Path, rows: list[dict]) -> None:
-    runs.atomic_write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    runs.atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def test_a_resumed_run_gets_one_clean_history(tmp_path: Path) -> None:
