@@ -7,14 +7,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from retino_core.training import launch
+from retino_core.training import cluster, launch
 from retino_core import runs
 from retino_core.models import weights
 from retino_core.config import ARCHS, AUGMENTS, IMAGENET_WEIGHT_URLS, PRESETS, ConfigError, make_config
 from retino_core.errors import DataError
 from retino_core.data.splits import DatasetInvalid
 from retino_core.data.sources import source_of
-from retino_core.errors import WeightsError
+from retino_core.errors import ClusterError, WeightsError
 
 from pages import at_once_now, keep, remember, runs_at_once, set_runs_at_once, through_the_app
 from retino_core.report import lab
@@ -256,7 +256,7 @@ def search_box(all_runs: list) -> list:
 @st.fragment(run_every=2)
 def run_table() -> None:
     st.subheader("Runs")
-    all_runs = runs.list_runs()
+    all_runs = [cluster.reconcile(r) for r in runs.list_runs()]  # a SLURM or submitit job that ended says so
     if not all_runs:
         st.info("No runs yet: fill in the fields above and press **Start**, or **Run all four**.")
         return
@@ -346,19 +346,20 @@ def act(action: str, run_id: str) -> None:
     first = bool(st.session_state.get("manage_next"))
     st.session_state.manage_next = False
     try:
+        # A run a SLURM or submitit job trains goes through that job's backend.
         if action == "stop":
             said = {"cancelled": "cancelled: it had not started", "interrupted": "stopped; Resume continues it"}
-            state = launch.stop(run_id)
+            state = cluster.stop(run_id)
             toast = (f"{run_id} {said.get(state, 'is ' + state)}", ":material/stop_circle:")
         elif action in ("resume", "start_again"):
-            (launch.resume if action == "resume" else launch.start_again)(run_id, first=first)
+            (cluster.resume if action == "resume" else cluster.start_again)(run_id, first=first)
             how = "next in line" if first else "at the back of the queue"
             toast = (f"{run_id} is queued {'to resume' if action == 'resume' else 'to train from the start'}, "
                      f"{how}", ":material/play_arrow:")
         else:
             runs.delete_run(run_id)
             toast = (f"Deleted {run_id}", ":material/delete:")
-    except runs.RunError as err:
+    except (runs.RunError, ClusterError) as err:
         toast = (f"{run_id}: {err}", ":material/error:")
     st.session_state.train_toasts = [toast]
 

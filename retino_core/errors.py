@@ -36,3 +36,11 @@ class ImageError(ValueError):
 
 class ExportError(RuntimeError):
     """An export that cannot be made or does not match the app's model; the message says which."""
+
+
+class TrackingError(RuntimeError):
+    """An MLflow tracking server or store that cannot be reached or used; the message says which."""
+
+
+class ClusterError(RuntimeError):
+    """A job that cannot be submitted, followed or cancelled (no SLURM here, sbatch refused, ...)."""

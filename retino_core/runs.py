@@ -11,6 +11,7 @@ Layout::
         metrics.jsonl    append-only rows: {"kind": "step" | "epoch", ...}
         summary.json     final test metrics of the checkpoint chosen on validation
         notes.json       the user's notes and tags ({"notes": str, "tags": [str]}), optional
+        job.json         the SLURM or submitit job that trains it, for runs a sweep sent to one
         predictions.csv  per validation and test image: label, prediction, probabilities, logits
         train.log        the trainer's output (stdout and stderr), written when the queue starts it
         model_card.md, model_card.html   written by ``export`` (and the Results page's card)

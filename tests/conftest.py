@@ -188,3 +188,18 @@ def usable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run that learned its (easy) task: its verdict is 'usable'."""
     base = tmp_path_factory.mktemp("usable")
     return train_easy_run(base / "runs")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``mlflow server`` (SQLite backend, proxied artifacts) on a free loopback port for the
+    whole session; the client side is configured as the CLI configures it."""
+    from mlflowserver import QUIET, MlflowServer
+
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "retino_core"
 
 # Bottom to top; a module may import its own layer and the ones below it, never one above.
 LAYERS = (("config", "errors"), ("runs",), ("data",), ("models",), ("judging",), ("training",),
-          ("report",), ("grading",), ("cli", "__main__"))
+          ("report",), ("grading",), ("engines",), ("cli", "__main__"))
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 60
 

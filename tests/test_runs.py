@@ -13,12 +13,12 @@ from retino_core import runs
 
 
 def test_reading_runs_does_not_import_torch(finished_run):
-    code = ("import sys; from retino_core import runs, config; from retino_core.training import launch;"
+    code = ("import sys; from retino_core import runs, config; from retino_core.training import cluster, launch;"
             "from retino_core.data import sources, images, integrity;"
             "from retino_core.judging import metrics, trust, decision, operating;"
             "from retino_core.models import weights; from retino_core.report import display, eta, runs_table;"
             "from retino_core.grading import exported; from retino_core.training import calibrate;"
-            f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state;"
+            f"r = runs.load_run({str(finished_run)!r}); assert r.state == 'done', r.state; display.slot_text(r);"
             "eta.measured_speeds([r]); runs_table.table_rows([r]);"
             "d = decision.decide([0.2] * 5, None, operating.of_run(r.path), trust.is_usable_verdict(r.summary.get('trust')));"
             "assert 'torch' not in sys.modules, 'torch imported'; assert 'sklearn' not in sys.modules, 'sklearn imported'")

@@ -1,4 +1,5 @@
-"""The command line: ``python -m retino_core {train,sweep,predict,evaluate,export,runs,compare,note,validate,worker,bench}``.
+"""The command line: ``python -m retino_core {train,sweep,stop,resume,predict,evaluate,export,runs,compare,
+note,mlflow-sync,validate,worker,bench}``.
 
 One module per group of commands; each adds its parsers (``add_parsers``) and its ``cmd_*``
 functions, which ``main`` calls through the parser's ``func`` default.
@@ -11,8 +12,9 @@ import sys
 
 from .. import runs
 from ..config import ConfigError
-from ..errors import CheckpointError, DataError, ImageError, Interrupted, TrainingFailed, WeightsError
-from . import data, grading, tracking, training
+from ..errors import (CheckpointError, ClusterError, DataError, ImageError, Interrupted, TrackingError, TrainingFailed,
+                      WeightsError)
+from . import data, engines, grading, tracking, training
 from .common import EXIT_INTERRUPTED, EXIT_USAGE
 
 
@@ -20,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m retino_core",
                                      description="Train and use diabetic-retinopathy graders.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (training, grading, tracking, data):
+    for group in (training, grading, tracking, engines, data):
         group.add_parsers(sub)
     return parser
 
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ConfigError, ImageError, WeightsError, CheckpointError, runs.RunError) as err:
+    except (DataError, ConfigError, ImageError, WeightsError, CheckpointError, runs.RunError, ClusterError,
+            TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingFailed as err:

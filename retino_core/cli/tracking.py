@@ -58,9 +58,12 @@ def add_parsers(sub) -> None:
 
 def cmd_runs(args) -> int:
     from ..report import runs_table
-    from ..training import launch
+    from ..training import cluster, launch
 
-    infos = runs.list_runs(args.runs_dir)
+    # A run that a SLURM or submitit job trains: its state, plus the job's (a job that ended
+    # without the run saying so is recorded first).
+    infos = [cluster.reconcile(r) for r in runs.list_runs(args.runs_dir)]
+    jobs = {r.run_id: cluster.job_status(r) for r in infos}
     try:
         query = runs_table.make_query(infos, args.search, args.tag, args.configuration, args.state, args.verdict,
                                       args.where)
@@ -74,8 +77,8 @@ def cmd_runs(args) -> int:
         print(json.dumps([{"run_id": r.run_id, "state": r.state, "arch": r.arch, "pretrained": r.pretrained,
                            "test_acc": r.summary.get("test_acc"), "test_majority_acc": r.summary.get("test_majority_acc"),
                            "test_qwk": r.summary.get("test_qwk"), "test_auc": r.summary.get("test_auc"),
-                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes, "config": r.config}
-                          for r in shown], indent=2))
+                           "trust": trust.of_summary(r.summary), "tags": r.tags, "notes": r.notes, "config": r.config,
+                           "job": jobs[r.run_id]} for r in shown], indent=2))
         return 0
     if not infos:
         print("no runs yet: python -m retino_core train --data retinamnist")
@@ -92,6 +95,8 @@ def cmd_runs(args) -> int:
               f"{row['preset']:6} {100 * row['progress']:>7.0f}% {row['test accuracy'] or '-':21} "
               f"{fmt(r.summary.get('test_qwk')):>8} {fmt(r.summary.get('test_auc')):>8}  {verdict:24} "
               f"{row['tags']}".rstrip())
+        if jobs[r.run_id]:
+            print(f"{'':40} {jobs[r.run_id]['label']}")
     if not query.empty:
         print(f"{len(shown)} of {len(infos)} run(s) match")
     return 0

@@ -52,6 +52,22 @@ def _constant(value) -> bool:
     return isinstance(value, (bool, int, float, str, bytes))
 
 
+def _literal(value) -> str:
+    """``repr(value)``, the same in every process: a set's items sorted (a set of strings is
+    ordered by their hashes, which change from one process to the next), so the same package
+    writes the same predict_onnx.py."""
+    if isinstance(value, (set, frozenset)):
+        items = ", ".join(_literal(v) for v in sorted(value, key=repr))
+        if not items:
+            return f"{type(value).__name__}()"
+        return f"frozenset({{{items}}})" if isinstance(value, frozenset) else f"{{{items}}}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def carried_source() -> str:
     """The carried objects' source, preceded by the module constants they read."""
     carried = _carried()
@@ -66,7 +82,7 @@ def carried_source() -> str:
                 if constants.setdefault(node.id, module[node.id]) != module[node.id]:
                     raise ExportError(f"{node.id} means two things in the code predict_onnx.py carries")
         sources.append(source)
-    lines = [f"{name} = {value!r}" for name, value in sorted(constants.items())]
+    lines = [f"{name} = {_literal(value)}" for name, value in sorted(constants.items())]
     return "\n".join(lines) + "\n\n\n" + "\n\n".join(sources)
 
 

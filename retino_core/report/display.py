@@ -156,7 +156,13 @@ def ordinal(n: int) -> str:
 
 
 def slot_text(run: RunInfo) -> str:
-    """Where a run trains (its worker slot: GPU, or share of the CPU), or waits; "" when unknown."""
+    """Where a run trains (its worker slot: GPU, or share of the CPU; or the SLURM or submitit
+    job that trains it, with that job's state), or waits; "" when unknown."""
+    if run.status.get("backend"):
+        from ..training import cluster
+
+        job = cluster.job_status(run)
+        return job["label"] if job else ""
     slot = run.status.get("slot") if isinstance(run.status.get("slot"), dict) else None
     if run.state == "queued":
         return "waiting for a free slot"

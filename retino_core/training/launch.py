@@ -87,11 +87,12 @@ def python_cmd(*args: str) -> list[str]:
 
 
 def enqueue(config: dict, runs_dir: Path | None = None, dedupe: bool = True,
-            start_worker: bool = True) -> tuple[Path, bool]:
+            start_worker: bool = True, backend: str = "local") -> tuple[Path, bool]:
     """Queue a run of ``config`` (a TrainConfig dict); returns (run folder, created).
 
     With ``dedupe`` an identical configuration already queued or running is returned instead
-    of a second copy, so two users pressing "run all four" at once train each one once.
+    of a second copy, so two users pressing "run all four" at once train each one once. A run
+    for another ``backend`` (a SLURM or submitit job: ``cluster``) is never the worker's.
     """
     from ..config import TrainConfig  # validates before anything is written
 
@@ -106,8 +107,9 @@ def enqueue(config: dict, runs_dir: Path | None = None, dedupe: bool = True,
         name = cfg.name or f"{cfg.arch}-{'pre' if cfg.pretrained else 'scratch'}"
         run_dir = runs.create_run_dir(name, base)
         runs.write_json(run_dir / "config.json", {**cfg.to_dict(), "created": runs.now_iso()})
-        runs.write_status(run_dir, "queued", created=runs.now_iso(), pid=None, queued_ts=time.time())
-    if start_worker:
+        runs.write_status(run_dir, "queued", created=runs.now_iso(), pid=None, queued_ts=time.time(),
+                          **({} if backend == "local" else {"backend": backend}))
+    if start_worker and backend == "local":
         spawn_worker(base)
     return run_dir, True
 
@@ -152,8 +154,9 @@ def queued_at(run: runs.RunInfo) -> tuple[float, str, str]:
 
 
 def next_queued(runs_dir: Path) -> runs.RunInfo | None:
-    """The queued run that waited longest (or was asked to go next)."""
-    return next(iter(queue(runs_dir)), None)
+    """The queued run that waited longest (or was asked to go next) of those this machine's
+    worker trains (not one a SLURM or submitit job does)."""
+    return next((r for r in queue(runs_dir) if r.status.get("backend") is None), None)
 
 
 def _queued_ts(base: Path, first: bool) -> float:
@@ -413,10 +416,15 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> str:
-    """Stop a run: a queued one is cancelled, a running one gets SIGTERM (then SIGKILL)."""
+    """Stop a run: a queued one is cancelled, a running one gets SIGTERM (then SIGKILL).
+
+    A run that a SLURM or submitit job trains (``cluster.stop`` cancels that job first) is
+    only waited for here: its trainer may be on another machine, and records its own end.
+    """
     base = _base(runs_dir)
     path = runs.run_path(run_id, base)
     status = runs.read_status(path)
+    on_job = bool(status.get("backend"))
     if status["state"] == "queued":
         # A queued resume keeps its checkpoint and can resume again; a fresh run has nothing.
         if status.get("resume"):
@@ -428,7 +436,7 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
     if status["state"] != "running":
         return status["state"]
     # The launcher: the trainer itself, or torchrun, which passes the signal to every process.
-    pid = int(status.get("launcher_pid") or status.get("pid") or 0)
+    pid = 0 if on_job else int(status.get("launcher_pid") or status.get("pid") or 0)
     if pid and runs.pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -437,7 +445,7 @@ def stop(run_id: str, runs_dir: Path | None = None, timeout: float = 15.0) -> st
         if runs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     state = "running"
-    for _ in range(50):  # the worker or the trainer itself records the end state
+    for _ in range(int(10 * timeout) if on_job else 50):  # the worker or the trainer itself records the end state
         state = runs.read_status(path)["state"]
         if state != "running":
             break

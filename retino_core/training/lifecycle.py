@@ -54,15 +54,16 @@ def _retry_smaller_batch(cfg: TrainConfig, run_dir: Path, rec: "Recorder", notes
 
 
 def run_training(run_dir: Path, resume: bool = False, quiet: bool = False,
-                 source: DataSource | None = None) -> dict:
+                 source: DataSource | None = None, listeners: tuple = ()) -> dict:
     """Train the run whose config.json is in ``run_dir``, keeping status.json true throughout.
 
     Out of CUDA memory it retries with half the batch (down to MIN_RETRY_BATCH), from the
-    last checkpoint when there is one; status.json ``notes`` says so.
+    last checkpoint when there is one; status.json ``notes`` says so. ``listeners`` hear of
+    every metrics row and of the end (see Recorder).
     """
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}) or {})
-    rec = Recorder(run_dir, quiet)
+    rec = Recorder(run_dir, quiet, listeners)
     old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     rec.start(resumed=resume, **apply_slot())
     notes: list[str] = []

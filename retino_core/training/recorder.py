@@ -23,10 +23,16 @@ HEARTBEAT_EVERY_S = 5.0
 
 
 class Recorder:
-    """Writes status.json (with a heartbeat thread), metrics.jsonl rows and a tqdm bar."""
+    """Writes status.json (with a heartbeat thread), metrics.jsonl rows and a tqdm bar, and
+    tells its listeners: TensorBoard's event files, and whatever the caller adds (the MLflow
+    live sync of ``train --mlflow``). A listener has ``start(run_dir)``, ``row(kind, row)`` and
+    ``stop(state)``; one that fails is reported and dropped, never training."""
 
-    def __init__(self, run_dir: Path, quiet: bool = False):
+    def __init__(self, run_dir: Path, quiet: bool = False, listeners: tuple = ()):
+        from .events import TensorBoardEvents
+
         self.run_dir = Path(run_dir)
+        self.listeners = [TensorBoardEvents(), *listeners]
         self.metrics = self.run_dir / "metrics.jsonl"
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -45,6 +51,15 @@ class Recorder:
                     started=runs.now_iso(), started_ts=time.time(), error=None, **fields)
         self._thread = threading.Thread(target=self._beat, name="retino-heartbeat", daemon=True)
         self._thread.start()
+        self._tell("start", self.run_dir)
+
+    def _tell(self, what: str, *args) -> None:
+        for listener in list(self.listeners):
+            try:
+                getattr(listener, what)(*args)
+            except Exception as err:  # noqa: BLE001 - a listener must never stop training
+                print(f"warning: {type(listener).__name__} stopped: {type(err).__name__}: {err}", file=sys.stderr)
+                self.listeners.remove(listener)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY_S):
@@ -59,9 +74,12 @@ class Recorder:
             self._thread.join(timeout=10)
         self.close_bar()
         self.status(state, finished=runs.now_iso(), progress=self.progress, **fields)
+        self._tell("stop", state)
 
     def row(self, kind: str, **values) -> None:
-        runs.append_jsonl(self.metrics, [{"kind": kind, "time": time.time(), **values}])
+        row = {"kind": kind, "time": time.time(), **values}
+        runs.append_jsonl(self.metrics, [row])
+        self._tell("row", kind, row)
 
     def bar(self, total: int, desc: str):
         self.close_bar()
