@@ -17,18 +17,14 @@ def add_parsers(sub) -> None:
                    help="image files, folders (every file below them, dot-names skipped) or glob patterns ('**' recurses)")
     p.add_argument("--run", required=True, help="run folder or run id")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over flips (default: as the run was evaluated)")
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="one JSON object per image")
     shown.add_argument("--out", type=Path, help="write a CSV, one row per file, as it goes (a progress bar on stderr)")
     p.add_argument("--resume", action="store_true", help="with --out: keep its rows, grade only the files it lacks")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
-    p.add_argument("--batch-size", type=int, help="photos per forward pass (default 16, fewer from 256 px up)")
     p.add_argument("--workers", type=int, help="decoding processes; the model gets the other cores "
                                                "(default: a quarter of the cores, at most 4; none on 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--runs-dir", type=Path)
+    _grading_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="grade a labelled data set from elsewhere (another camera, another clinic) "
@@ -38,11 +34,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--name", help="what to call these photos (letters, digits, . _ -; default: the data's name); "
                                   "the result is <run>/external/<name>.json, with the photos' answers in <name>.csv")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average over flips (default: as the run was evaluated)")
-    p.add_argument("--batch-size", type=int, help="photos per forward pass (default 16, fewer from 256 px up)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--runs-dir", type=Path)
+    _grading_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a run's grader for use outside the app: the model, "
@@ -54,6 +46,15 @@ def add_parsers(sub) -> None:
                    help="test images on which the export must match the app's model (0: all; default 64)")
     p.add_argument("--runs-dir", type=Path)
     p.set_defaults(func=cmd_export)
+
+
+def _grading_options(p) -> None:
+    """What predict and evaluate share: flips, batch size, progress bar, runs folder."""
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over flips (default: as the run was evaluated)")
+    p.add_argument("--batch-size", type=int, help="photos per forward pass (default 16, fewer from 256 px up)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--runs-dir", type=Path)
 
 
 def cmd_predict(args) -> int:
