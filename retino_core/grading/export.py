@@ -1,8 +1,8 @@
 """Take a run's grader out of the app.
 
 ``export_run`` writes, into one folder: the model (ONNX or TorchScript) whose input is a batch
-of 8-bit RGB photos at the training size and whose outputs are the run's own calibrated
-probabilities (normalisation, flip averaging and the temperature inside the graph), the
+of 8-bit RGB photos at the training size and whose outputs are the probabilities the run
+grades with (normalisation, flip averaging and ``Predictor.temperature_for()`` inside the graph), the
 probability of referable DR, the referral-first answer at the run's threshold (``would_say_*``)
 and the out-of-distribution score; ``preprocessing.json`` (size, resize rule, crop, mean / std,
 grade names, the run's operating point and whether validation supports it, the rule that turns
@@ -74,7 +74,7 @@ class ReferralFirst(nn.Module):
 
 
 class GraderGraph(nn.Module):
-    """uint8 (N, H, W, 3) RGB photos at the training size -> calibrated probabilities (N, 5),
+    """uint8 (N, H, W, 3) RGB photos at the training size -> graded probabilities (N, 5),
     P(grade >= 2) (N,), what the model would say at the run's referral threshold (refer, and the
     grade on that side: ReferralFirst) and, with the run's feature statistics, the Mahalanobis
     score (N,): what Predictor computes, with its normalisation, flip averaging and temperature
