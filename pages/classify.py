@@ -25,11 +25,12 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif"]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def load_predictor(checkpoint: str, mtime: float, run_id: str):
-    """One Predictor per checkpoint file and modification time (a newer best.pt reloads)."""
+def load_predictor(run_dir: str, stamp: tuple):  # noqa: ARG001 - stamp keys the cache
+    """One Predictor per run, loaded as predict loads it (Predictor.from_run: the run's verdict,
+    operating point and grading probabilities); a newer best.pt or summary.json reloads it."""
     from retino_core.grading.predictor import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, run_id)
+    return Predictor.from_run(run_dir)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -108,9 +109,10 @@ if not chosen:
 
 predictors = {}
 for run_id in chosen:
-    path = runs.checkpoint_path(by_id[run_id].path)
+    run_dir = by_id[run_id].path
     try:
-        predictors[run_id] = load_predictor(str(path), path.stat().st_mtime, run_id)
+        stamp = tuple(p.stat().st_mtime for p in (runs.checkpoint_path(run_dir), run_dir / "summary.json"))
+        predictors[run_id] = load_predictor(str(run_dir), stamp)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         st.error(f"{run_id}: {err}")
 if not predictors:

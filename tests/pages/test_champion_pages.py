@@ -151,6 +151,16 @@ def test_a_temperature_that_does_not_help_is_said_and_off_by_default(runs_dir: P
     assert "does not improve the test NLL and ECE" in texts(classify)
     assert "Every door grades this model with its own, uncalibrated probabilities" in texts(classify)
     assert not operating.grades_calibrated(run)  # so predict, batch grading and the export do too
+    # Classify grades with the same probabilities as predict: the model's own, not at T = 8.
+    from retino_core.data.images import load_image
+    from retino_core.grading.predictor import Predictor
+
+    eyes = [easy_eye(1), easy_eye(3)]  # two photos: Classify's table
+    classify.file_uploader[0].set_value([(f"eye{k}.jpg", e, "image/jpeg") for k, e in enumerate(eyes)])
+    classify.run()
+    want = Predictor.from_run(run).predict([load_image(e, "eye.jpg") for e in eyes])
+    shown = classify.dataframe[0].value["referable_probability"].tolist()
+    assert shown == pytest.approx([p.decision.referable_probability for p in want], abs=1e-4)
     evaluation = open_page("evaluation")
     assert evaluation.toggle(key=f"eval_calibrated_{run.name}").value is False
     assert any("does not improve the test NLL and ECE" in w.value for w in evaluation.warning)
