@@ -85,7 +85,7 @@ c[4].metric("referable-DR AUC", display.number(s.get("test_referable_auc")), hel
 calibration = operating.calibration_check(run.path, temperature) or {"helps": temperature != 1.0, "sentence": ""}
 
 st.subheader("Referable DR operating point")
-as_graded = operating.grades_calibrated(run.path)
+as_graded = operating.grades_calibrated(run.path, run.summary)
 calibrated = st.toggle("Calibrated probabilities", value=as_graded, key=f"eval_calibrated_{run.run_id}",
                        help=f"temperature {temperature:.2f}, fitted on validation; on at first only when it "
                             "improved the test probabilities, as every door grades")

@@ -114,9 +114,10 @@ class Predictor:
     def from_run(cls, run: str | os.PathLike, which: str = "best", runs_dir: Path | None = None) -> "Predictor":
         run_dir = runs.resolve_run_dir(run, runs_dir)
         predictor = cls.from_checkpoint(runs.checkpoint_path(run_dir, which), run_dir.name)
-        predictor.verdict = trust.of_summary(runs.read_json(run_dir / "summary.json", {}))
-        predictor.calibrated = operating.grades_calibrated(run_dir)
-        predictor.operating_point = operating.of_run(run_dir)
+        summary = runs.read_json(run_dir / "summary.json", {}) or {}
+        predictor.verdict = trust.of_summary(summary)
+        predictor.calibrated = operating.grades_calibrated(run_dir, summary)
+        predictor.operating_point = operating.of_run(run_dir, summary=summary)
         return predictor
 
     def temperature_for(self, calibrated: bool | None = None) -> float:

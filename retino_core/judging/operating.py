@@ -152,37 +152,46 @@ def of_scores(scores: dict[str, SplitScores], temperature: float = 1.0,
                   None if test is None else test.probs(temperature), target)
 
 
-def grades_calibrated(run_dir: Path) -> bool:
-    """Whether every door divides this run's logits by its temperature: yes, unless temperature
-    scaling made the run's test probabilities no better (``calibration_check``), in which case
-    every door grades with the model's own probabilities. Stored in summary.json at the end of
-    training; worked out from predictions.csv for older runs."""
-    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
-    if "grades_calibrated" in summary:
-        return bool(summary["grades_calibrated"])
-    check = calibration_check(Path(run_dir), summary.get("temperature"))
+def _summary(run_dir: Path) -> dict:
+    return runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+
+
+def calibration_helps(run_dir: Path, temperature: float | None) -> bool:
+    """The rule every door grades by: calibrated probabilities unless temperature scaling made
+    the run's test probabilities no better (``calibration_check``; no test split: calibrated)."""
+    check = calibration_check(Path(run_dir), temperature)
     return check is None or bool(check["helps"])
 
 
-def grading_temperature(run_dir: Path, calibrated: bool | None = None) -> float:
+def grades_calibrated(run_dir: Path, summary: dict | None = None) -> bool:
+    """Whether every door divides this run's logits by its temperature (``calibration_helps``):
+    stored in summary.json at the end of training, worked out from predictions.csv for older
+    runs. ``summary``: the run's, when the caller has read it already."""
+    summary = _summary(run_dir) if summary is None else summary
+    if "grades_calibrated" in summary:
+        return bool(summary["grades_calibrated"])
+    return calibration_helps(run_dir, summary.get("temperature"))
+
+
+def grading_temperature(run_dir: Path, calibrated: bool | None = None, summary: dict | None = None) -> float:
     """The temperature the run's probabilities are taken at (``calibrated`` None: as every door
     grades, ``grades_calibrated``)."""
-    calibrated = grades_calibrated(run_dir) if calibrated is None else calibrated
-    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    summary = _summary(run_dir) if summary is None else summary
+    calibrated = grades_calibrated(run_dir, summary) if calibrated is None else calibrated
     return float(summary.get("temperature") or 1.0) if calibrated else 1.0
 
 
-def of_run(run_dir: Path, calibrated: bool | None = None) -> OperatingPoint:
+def of_run(run_dir: Path, calibrated: bool | None = None, summary: dict | None = None) -> OperatingPoint:
     """A run's operating point: the one stored in summary.json, else chosen from its
     predictions.csv as training would have. ``calibrated`` None: on the probabilities every door
     grades with (``grades_calibrated``); True / False: at the run's temperature / at 1."""
-    summary = runs.read_json(Path(run_dir) / "summary.json", {}) or {}
+    summary = _summary(run_dir) if summary is None else summary
     stored = summary.get("operating_point")
-    as_graded = grades_calibrated(run_dir)
+    as_graded = grades_calibrated(run_dir, summary)
     calibrated = as_graded if calibrated is None else calibrated
     if calibrated == as_graded and isinstance(stored, dict) and "threshold" in stored:
         return OperatingPoint.from_dict(stored)
-    return of_scores(load_scores(Path(run_dir)), grading_temperature(run_dir, calibrated))
+    return of_scores(load_scores(Path(run_dir)), grading_temperature(run_dir, calibrated, summary))
 
 
 def of_runs(run_dirs: list[Path], calibrated: bool | None = None) -> OperatingPoint:

@@ -195,9 +195,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = Fal
     summary["trust"] = trust.assess(summary, "test" if "test_confusion" in summary else select_split)
     # Whether every door grades with calibrated probabilities (not where the temperature made test
     # NLL or ECE worse), and the referral threshold they apply, chosen on those probabilities.
-    check = operating.calibration_check(run_dir, summary["temperature"])
-    summary["grades_calibrated"] = check is None or bool(check["helps"])
-    temperature = summary["temperature"] if summary["grades_calibrated"] else 1.0
+    summary["grades_calibrated"] = operating.calibration_helps(run_dir, summary["temperature"])
+    temperature = operating.grading_temperature(run_dir, summary=summary)
     summary["operating_point"] = operating.of_scores(operating.load_scores(run_dir), temperature).to_dict()
     runs.write_json(run_dir / "summary.json", summary)
     return summary
