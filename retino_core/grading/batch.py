@@ -212,17 +212,24 @@ class Graded:
         return record(self.file, None if pred is None else pred.decision, error=self.error, model=model, verdict=verdict)
 
 
+def decode(name: str, load) -> tuple[Image.Image | None, str]:
+    """``load()``'s photo, or None and why it cannot be read (an ImageError's own words, else the
+    exception named): one odd file must not end a batch of thousands."""
+    try:
+        return load(), ""
+    except ImageError as err:
+        return None, str(err)
+    except Exception as err:  # noqa: BLE001
+        return None, f"{name}: cannot be read ({type(err).__name__}: {err})"
+
+
 def _decode(item: tuple[str, str]):
     """In a worker: the photo as a uint8 (H, W, 3) tensor (shared memory, not a pickle), or why not."""
     path, problem = item
     if problem:
         return path, None, f"{path}: {problem}"
-    try:
-        return path, torch.from_numpy(np.array(load_image(path))), ""
-    except ImageError as err:
-        return path, None, str(err)
-    except Exception as err:  # noqa: BLE001 - one odd file must not end a batch of thousands
-        return path, None, f"{path}: cannot be read ({type(err).__name__}: {err})"
+    img, error = decode(path, lambda: load_image(path))
+    return path, None if img is None else torch.from_numpy(np.array(img)), error
 
 
 class _Files:

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import runs
+from ..config import NUM_CLASSES
 from ..data.sources import open_source
-from ..errors import ImageError
 from ..judging import external
 from ..judging.decision import GRADED, NOT_GRADED
-from .batch import CSV_COLUMNS, Graded, csv_row, default_batch_size, predict_batch
+from .batch import CSV_COLUMNS, Graded, csv_row, decode, default_batch_size, predict_batch
 from .predictor import Predictor
 
 COLUMNS = ("file", "split", "label", *CSV_COLUMNS[1:])
@@ -39,15 +39,6 @@ def _photos(src) -> list[tuple[str, str, int, object, int]]:
     return out
 
 
-def _decode(split, i: int, name: str):
-    try:
-        return split.image(i), ""
-    except ImageError as err:
-        return None, str(err)
-    except Exception as err:  # noqa: BLE001 - one odd file must not end the evaluation
-        return None, f"{name}: cannot be read ({type(err).__name__}: {err})"
-
-
 def grade_all(predictor: Predictor, photos: list, tta: bool | None = None, batch_size: int | None = None,
               progress: bool = True):
     """Yield (photo, Graded) for every photo, a batch at a time."""
@@ -57,7 +48,7 @@ def grade_all(predictor: Predictor, photos: list, tta: bool | None = None, batch
     with tqdm(total=len(photos), unit="photo", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(photos), size):
             chunk = photos[start:start + size]
-            decoded = {p[0]: _decode(p[3], p[4], p[0]) for p in chunk}
+            decoded = {p[0]: decode(p[0], lambda p=p: p[3].image(p[4])) for p in chunk}
             ok = [(name, img) for name, (img, _) in decoded.items() if img is not None]
             graded = dict(predict_batch(predictor, ok, tta))
             for photo in chunk:
@@ -76,6 +67,7 @@ def evaluate(run: str | os.PathLike, data: str, name: str | None = None, runs_di
     photos = _photos(src)
     started = time.perf_counter()
     rows, labels, probs, grades, statuses = [], [], [], [], []
+    refused_by_grade = np.zeros(NUM_CLASSES, np.int64)
     for (file, split_name, label, _, _), done in grade_all(predictor, photos, tta, batch_size, progress):
         row = done.record(predictor.run_id, "")
         rows.append({"split": split_name, "label": label, **csv_row(row)})
@@ -83,7 +75,9 @@ def evaluate(run: str | os.PathLike, data: str, name: str | None = None, runs_di
             continue
         decision = done.prediction.decision
         statuses.append(decision.status)
-        if decision.status != NOT_GRADED:  # answered: graded, or what a model that is not usable says
+        if decision.status == NOT_GRADED:
+            refused_by_grade[label] += 1
+        else:  # answered: graded, or what a model that is not usable says
             labels.append(label)
             probs.append(decision.probabilities)
             grades.append(decision.grade if decision.status == GRADED else decision.would_say_grade)
@@ -92,29 +86,24 @@ def evaluate(run: str | os.PathLike, data: str, name: str | None = None, runs_di
     result = external.measure(labels, probs, grades, statuses, len(photos) - len(statuses),
                               runs.read_json(run_dir / "summary.json", {}).get("temperature"),
                               point.threshold if point else 0.5)
+    own = _own_data(predictor, src, data, run_dir)
     result.update(run_id=run_dir.name, data=str(data), data_name=src.name, evaluated_at=runs.now_iso(),
                   model_usable=predictor.usable, seconds=round(seconds, 2),
                   photos_per_s=round(len(photos) / seconds, 2) if seconds > 0 else None,
-                  refused_by_grade=_refused_by_grade(rows), warnings=_warnings(predictor, src, data, run_dir))
-    json_path, csv_path = external.paths(run_dir, name)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write(csv_path, _csv_bytes(rows))
-    external.save(run_dir, name, result)
+                  refused_by_grade=refused_by_grade.tolist(), own_data=own, warnings=_warnings(predictor, src, own))
+    json_path, csv_path = external.save(run_dir, name, result, _csv_bytes(rows))
     return {**result, "name": name, "json": str(json_path), "csv": str(csv_path)}
 
 
-def _refused_by_grade(rows: list[dict]) -> list[int]:
-    counts = np.zeros(5, np.int64)
-    for row in rows:
-        if row["status"] == NOT_GRADED:
-            counts[int(row["label"])] += 1
-    return counts.tolist()
-
-
-def _warnings(predictor: Predictor, src, data: str, run_dir: Path) -> list[str]:
-    out = []
+def _own_data(predictor: Predictor, src, data: str, run_dir: Path) -> bool:
+    """Whether ``data`` is the data set the run was trained on."""
     trained = runs.read_json(run_dir / "config.json", {}).get("data", "retinamnist")
-    if str(trained).strip().lower() == str(data).strip().lower() or src.name == predictor.trained_on.get("name"):
+    return str(trained).strip().lower() == str(data).strip().lower() or src.name == predictor.trained_on.get("name")
+
+
+def _warnings(predictor: Predictor, src, own: bool) -> list[str]:
+    out = []
+    if own:
         out.append(f"These are the photos the run was trained on ({src.name}): its own training, validation and test "
                    "photos, not other photos. An evaluation on other photos says how it does elsewhere.")
     if not predictor.usable:

@@ -28,6 +28,7 @@ from .. import runs
 from ..config import GRADE_NAMES, NUM_CLASSES, REFERABLE_GRADE
 from ..errors import DataError
 from . import metrics, stats, trust
+from .decision import NOT_GRADED
 
 FOLDER = "external"
 
@@ -64,7 +65,7 @@ def measure(labels, probs, grades, statuses, unreadable: int, temperature: float
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64).reshape(-1, NUM_CLASSES)
     grades = np.asarray(grades, np.int64)
-    refused = sum(s == "not graded" for s in statuses)
+    refused = sum(s == NOT_GRADED for s in statuses)
     out: dict = {"n": len(statuses) + unreadable, "n_answered": int(len(labels)), "n_refused": refused,
                  "n_unreadable": unreadable, "threshold": threshold}
     if not len(labels):
@@ -97,11 +98,13 @@ def _qwk(confusion: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def save(run_dir: Path, name: str, result: dict) -> Path:
-    json_path, _ = paths(run_dir, name)
+def save(run_dir: Path, name: str, result: dict, answers_csv: bytes) -> tuple[Path, Path]:
+    """Write evaluation ``name``: the photos' answers (CSV bytes), then its numbers (JSON)."""
+    json_path, csv_path = paths(run_dir, name)
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write(csv_path, answers_csv)
     runs.write_json(json_path, {**result, "name": name})
-    return json_path
+    return json_path, csv_path
 
 
 def read_all(run_dir: Path) -> list[dict]:
@@ -117,7 +120,7 @@ def read_all(run_dir: Path) -> list[dict]:
 
 def elsewhere(run_dir: Path) -> list[dict]:
     """The run's evaluations on photos other than its own data set's."""
-    return [r for r in read_all(run_dir) if not any("trained on" in w for w in r.get("warnings", []))]
+    return [r for r in read_all(run_dir) if not r.get("own_data")]
 
 
 def measured_where(run_dir: Path, summary: dict) -> str:
