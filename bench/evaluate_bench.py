@@ -26,21 +26,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from export_bench import FEATURES, make_predictor  # noqa: E402
+
 from retino_core import runs  # noqa: E402
-from retino_core.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from retino_core.data.images import SAMPLE_IMAGE, load_image  # noqa: E402
 from retino_core.grading import batch  # noqa: E402
 from retino_core.grading.evaluate import evaluate  # noqa: E402
 from retino_core.grading.predictor import Predictor  # noqa: E402
-from retino_core.models.builders import build_model  # noqa: E402
 from retino_core.training.recorder import save_checkpoint  # noqa: E402
-
-FEATURES = {"resnet18": 512, "resnet50": 2048}
-
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -69,17 +67,14 @@ def write_photos(folder: Path, n: int, side: int) -> Path:
 
 
 def write_run(runs_dir: Path, arch: str, size: int) -> Path:
-    """A run folder whose best.pt is a random-weight model with feature statistics."""
-    torch.manual_seed(0)
-    d = FEATURES[arch]
+    """A run folder whose best.pt holds export_bench's random-weight model with feature statistics."""
+    predictor = make_predictor(arch, size)
     run_dir = runs.create_run_dir(f"bench-{arch}-{size}", runs_dir)
-    stats = {"means": torch.randn(5, d), "grades": torch.arange(5), "precision": torch.eye(d),
-             "threshold": torch.tensor(1e12)}
-    pre = {"image_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "preprocess": "none"}
-    save_checkpoint({"model": build_model(arch).state_dict(), "arch": arch, "preprocessing": pre,
-                     "temperature": 1.0, "tta": False, "ood": stats}, runs.checkpoint_path(run_dir))
+    save_checkpoint({"model": predictor.model.state_dict(), "arch": arch, "preprocessing": predictor.pre,
+                     "temperature": predictor.temperature, "tta": predictor.tta, "ood": predictor.ood_stats},
+                    runs.checkpoint_path(run_dir))
     runs.write_json(run_dir / "config.json", {"arch": arch, "image_size": size, "data": "bench"})
-    runs.write_json(run_dir / "summary.json", {"temperature": 1.0})
+    runs.write_json(run_dir / "summary.json", {"temperature": predictor.temperature})
     return run_dir
 
 
